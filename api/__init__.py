@@ -1,0 +1,30 @@
+"""The Flask front of the Iris service: validate, enqueue by task name, answer in the seed's envelope."""
+
+import logging
+
+from flask import Flask
+
+from shared.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the API app; nothing connects to Redis until the first request."""
+    from api import errors
+    from api.queue import IrisQueue
+    from api.routes import classify, health, tasks
+
+    settings = settings or get_settings()
+    logging.basicConfig(level=settings.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = Flask(__name__, static_folder=None)
+    app.config.update(
+        TAG=settings.tag,
+        BATCH_MAX_ROWS=settings.batch_max_rows,
+        # A 1,000-row batch is about 100 kB of JSON; anything far larger is refused before it is read.
+        MAX_CONTENT_LENGTH=max(1_000_000, settings.batch_max_rows * 200),
+    )
+    errors.init_app(app)
+    IrisQueue().init_app(app, settings)
+    app.register_blueprint(classify.bp)
+    app.register_blueprint(tasks.bp)
+    app.register_blueprint(health.bp)
+    return app

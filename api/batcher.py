@@ -1,0 +1,143 @@
+"""Gather concurrent requests of one API process into one Celery task, with one reply listener.
+
+Each request keeps its own task id: the worker stores every row's result under that id (so polling
+and the 504 poll URL work) and also sends the whole batch's answers on this process's reply channel,
+where one listener thread wakes the waiting requests. Several batches are in flight at once: the
+flusher never waits for an answer before it sends the next batch.
+"""
+
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import redis
+
+log = logging.getLogger(__name__)
+
+
+class Pending:
+    """One request's row, its task id and, once answered, its result or error."""
+
+    __slots__ = ("enqueued", "error", "event", "result", "row", "task_id")
+
+    def __init__(self, row: list[float]) -> None:
+        self.task_id = str(uuid.uuid4())
+        self.row = row
+        self.enqueued = time.monotonic()
+        self.event = threading.Event()
+        self.result: Any = None
+        self.error: dict[str, str] | None = None
+
+    def resolve(self, result: Any = None, error: dict[str, str] | None = None) -> None:
+        """Hand the answer to the waiting request thread."""
+        self.result, self.error = result, error
+        self.event.set()
+
+
+# Publish a batch: (rows, task_ids, reply_channel) -> None; raises when the broker is unreachable.
+Publisher = Callable[[list[list[float]], list[str], str], None]
+
+
+class EdgeBatcher:
+    """Flush at ``max_size`` rows or ``max_wait_ms`` after the oldest row arrived, whichever is first."""
+
+    def __init__(self, publish: Publisher, redis_url: str, channel_prefix: str, max_size: int,
+                 max_wait_ms: float) -> None:
+        self._publish = publish
+        self._redis_url = redis_url
+        self._channel_prefix = channel_prefix
+        self._max_size = max_size
+        self._max_wait = max_wait_ms / 1000.0
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+
+    def _start(self) -> None:
+        """Start the flusher and the listener in this process (after gunicorn forks, never before)."""
+        self._queue: queue.SimpleQueue[Pending] = queue.SimpleQueue()
+        self._waiting: dict[str, Pending] = {}
+        self.channel = f"{self._channel_prefix}reply:{uuid.uuid4().hex}"
+        self._subscribed = threading.Event()
+        self._redis = redis.Redis.from_url(self._redis_url, socket_connect_timeout=2, health_check_interval=10)
+        threading.Thread(target=self._listen, name="iris-reply-listener", daemon=True).start()
+        threading.Thread(target=self._flush_forever, name="iris-batch-flusher", daemon=True).start()
+        self._subscribed.wait(2.0)
+
+    def submit(self, row: list[float]) -> Pending:
+        """Queue one row for the next batch and return its pending handle."""
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._start()
+                    self._pid = os.getpid()
+        pending = Pending(row)
+        self._waiting[pending.task_id] = pending
+        self._queue.put(pending)
+        return pending
+
+    def forget(self, pending: Pending) -> None:
+        """Stop routing a reply to a request that gave up waiting."""
+        self._waiting.pop(pending.task_id, None)
+
+    def _next_batch(self) -> list[Pending]:
+        """Block for one row, then gather more until the batch is full or the oldest row's wait is over."""
+        batch = [self._queue.get()]
+        deadline = batch[0].enqueued + self._max_wait
+        while len(batch) < self._max_size:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(self._queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return batch
+
+    def _flush_forever(self) -> None:
+        """Send batches as fast as they fill; a failed publish fails its rows at once."""
+        while True:
+            batch = self._next_batch()
+            try:
+                self._publish([p.row for p in batch], [p.task_id for p in batch], self.channel)
+            except Exception as exc:
+                log.warning("cannot enqueue a batch of %d: %s", len(batch), exc)
+                error = {"raised": "QueueUnavailable", "message": "the task queue is unreachable"}
+                for pending in batch:
+                    self._waiting.pop(pending.task_id, None)
+                    pending.resolve(error=error)
+
+    def _listen(self) -> None:
+        """Wake the requests whose rows a worker answered; resubscribe after Redis comes back."""
+        while True:
+            try:
+                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self.channel)
+                self._subscribed.set()
+                for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._deliver(orjson.loads(message["data"]))
+            except Exception as exc:
+                # Requests fall back to reading the result backend when their wait ends.
+                self._subscribed.clear()
+                log.warning("reply listener lost Redis (%s); retrying", exc)
+                time.sleep(0.5)
+
+    def _deliver(self, reply: dict[str, Any]) -> None:
+        """Resolve each waiting request named in a worker's reply."""
+        ids = reply.get("ids", [])
+        results = reply.get("results")
+        error = reply.get("error")
+        for index, task_id in enumerate(ids):
+            pending = self._waiting.pop(task_id, None)
+            if pending is not None:
+                pending.resolve(result=results[index] if results is not None else None, error=error)

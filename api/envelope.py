@@ -1,0 +1,39 @@
+"""Build the seed's response envelopes; every answer of the API goes through here."""
+
+from typing import Any
+
+import orjson
+from flask import Response, current_app
+
+
+def _respond(body: dict[str, Any], status: int, headers: dict[str, str] | None) -> Response:
+    """Serialise with orjson: it is several times faster than the stdlib on the hot path."""
+    return Response(orjson.dumps(body), status=status, headers=headers, mimetype="application/json")
+
+
+def success(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """Answer ``{"message": "success", "data": ..., "error": null, "version": TAG}``."""
+    body = {"message": "success", "data": data, "error": None, "version": current_app.config["TAG"]}
+    return _respond(body, status, headers)
+
+
+def failure(status: int, raised: str, raised_on: str, message: str, data: Any = None,
+            headers: dict[str, str] | None = None) -> Response:
+    """Answer the seed's error envelope; ``code`` is the HTTP status as a string."""
+    error = {"raised": raised, "raisedOn": raised_on, "message": message, "code": str(status)}
+    body = {"message": "failed", "data": data, "error": error, "version": current_app.config["TAG"]}
+    return _respond(body, status, headers)
+
+
+class ApiError(Exception):
+    """An expected failure that a route raises to answer an error envelope."""
+
+    def __init__(self, status: int, raised: str, message: str, raised_on: str | None = None,
+                 data: Any = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.raised = raised
+        self.message = message
+        self.raised_on = raised_on
+        self.data = data
+        self.headers = headers

@@ -1,0 +1,37 @@
+"""Turn every failure into the seed's error envelope: never an HTML page, never a stack trace."""
+
+import logging
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from api.envelope import ApiError, failure
+
+log = logging.getLogger(__name__)
+
+
+def _raised_on() -> str:
+    """Name the view that failed as the seed did: ``classify`` becomes ``ApiClassify``."""
+    view = (request.endpoint or "").rsplit(".", 1)[-1]
+    return "Api" + "".join(part.title() for part in view.split("_"))
+
+
+def init_app(app: Flask) -> None:
+    """Register the envelope error handlers on ``app``."""
+
+    @app.errorhandler(ApiError)
+    def handle_api_error(exc: ApiError) -> Response:
+        return failure(exc.status, exc.raised, exc.raised_on or _raised_on(), exc.message,
+                       data=exc.data, headers=exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        allowed = getattr(exc, "valid_methods", None)
+        headers = {"Allow": ", ".join(allowed)} if allowed else None
+        return failure(status, type(exc).__name__, _raised_on(), exc.description or exc.name, headers=headers)
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return failure(500, "InternalServerError", _raised_on(), "internal error; see the server log")

@@ -1,0 +1,207 @@
+"""The API's side of the queue: enqueue by task name, wait, poll, and check the workers' health."""
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+import redis
+from celery import Celery, states
+from celery.result import AsyncResult
+from flask import Flask, current_app
+from kombu.exceptions import ChannelError
+
+from api.batcher import EdgeBatcher
+from api.envelope import ApiError
+from shared import tasks
+from shared.celery_app import create_celery
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE = "the task queue is unreachable; try again shortly"
+
+
+class TimedOut(Exception):
+    """The sync wait ended before a worker answered; the task is still queued under ``task_id``."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(task_id)
+        self.task_id = task_id
+
+
+class IrisQueue:
+    """Flask extension holding the Celery client, the edge batcher and the Redis handles."""
+
+    def __init__(self, app: Flask | None = None, settings: Settings | None = None) -> None:
+        if app is not None and settings is not None:
+            self.init_app(app, settings)
+
+    def init_app(self, app: Flask, settings: Settings) -> None:
+        """Create the clients; nothing connects until the first request."""
+        self.settings = settings
+        self.celery: Celery = create_celery(settings)
+        self.results = redis.Redis.from_url(settings.celery_result_backend, socket_connect_timeout=1,
+                                            socket_timeout=2)
+        self.batcher = EdgeBatcher(self._publish_rows, settings.celery_result_backend, settings.key_prefix,
+                                   settings.batch_max_size, settings.batch_max_wait_ms)
+        self._depth_lock = threading.Lock()
+        self._depth: tuple[float, int] = (0.0, 0)
+        self._ready: tuple[float, dict[str, Any] | None] = (0.0, None)
+        app.extensions["iris_queue"] = self
+
+    # -- enqueueing -------------------------------------------------------------------------------
+
+    def _publish_rows(self, rows: list[list[float]], task_ids: list[str], reply_to: str) -> None:
+        """Send one edge batch as a single task message."""
+        self.celery.send_task(tasks.CLASSIFY_ROWS, args=[rows, task_ids, reply_to],
+                              queue=self.settings.iris_queue)
+
+    def queue_depth(self, max_age: float = 0.25) -> int:
+        """Return the queue's length, asking the broker at most every ``max_age`` seconds."""
+        checked, depth = self._depth
+        if time.monotonic() - checked < max_age:
+            return depth
+        with self._depth_lock:
+            checked, depth = self._depth
+            if time.monotonic() - checked < max_age:
+                return depth
+            with self.celery.connection_for_read() as conn:
+                try:
+                    depth = conn.default_channel.queue_declare(self.settings.iris_queue,
+                                                               passive=True).message_count
+                except ChannelError:
+                    depth = 0  # no worker has declared the queue yet: nothing is waiting in it
+            self._depth = (time.monotonic(), depth)
+            return depth
+
+    def _admit(self) -> None:
+        """Refuse new work while the queue is full or the broker is down: a 503 loses nothing."""
+        try:
+            depth = self.queue_depth()
+        except Exception as exc:
+            log.warning("broker unreachable: %s", exc)
+            raise ApiError(503, "QueueUnavailable", UNAVAILABLE, headers={"Retry-After": "1"}) from None
+        if depth >= self.settings.queue_max_length:
+            raise ApiError(503, "QueueFull", f"the queue holds {depth} tasks; try again shortly",
+                           headers={"Retry-After": "1"})
+
+    def remember(self, task_id: str) -> None:
+        """Record an id this service issued, for as long as its result is kept."""
+        self.results.set(f"{self.settings.key_prefix}task:{task_id}", b"1",
+                         ex=self.settings.result_expires_seconds)
+
+    def classify(self, row: list[float]) -> tuple[str, dict[str, Any]]:
+        """Classify one row through the edge batcher and wait up to SYNC_TIMEOUT_SECONDS."""
+        self._admit()
+        pending = self.batcher.submit(row)
+        if not pending.event.wait(self.settings.sync_timeout_seconds):
+            self.batcher.forget(pending)
+            # The reply may have been missed while the listener reconnected: the backend has the truth.
+            meta = self._meta(pending.task_id)
+            if meta.get("status") == states.SUCCESS:
+                return pending.task_id, meta["result"]
+            self._remember_or_unavailable(pending.task_id)
+            raise TimedOut(pending.task_id)
+        if pending.error is not None:
+            if pending.error.get("raised") == "QueueUnavailable":
+                raise ApiError(503, "QueueUnavailable", UNAVAILABLE, headers={"Retry-After": "1"})
+            raise ApiError(500, "TaskFailed", "the worker could not classify this request",
+                           data={"task_id": pending.task_id})
+        return pending.task_id, pending.result
+
+    def classify_async(self, payload: dict[str, Any]) -> str:
+        """Queue one classification as its own task and return its id at once."""
+        self._admit()
+        task_id = str(uuid.uuid4())
+        try:
+            self.remember(task_id)
+            self.celery.send_task(tasks.CLASSIFY, args=[payload], task_id=task_id,
+                                  queue=self.settings.iris_queue)
+        except Exception as exc:
+            log.warning("cannot enqueue %s: %s", task_id, exc)
+            raise ApiError(503, "QueueUnavailable", UNAVAILABLE, headers={"Retry-After": "1"}) from None
+        return task_id
+
+    def classify_batch(self, payloads: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+        """Classify many rows in one task and wait for the list of answers."""
+        self._admit()
+        task_id = str(uuid.uuid4())
+        try:
+            result = self.celery.send_task(tasks.CLASSIFY_BATCH, args=[payloads], task_id=task_id,
+                                           queue=self.settings.iris_queue)
+        except Exception as exc:
+            log.warning("cannot enqueue batch %s: %s", task_id, exc)
+            raise ApiError(503, "QueueUnavailable", UNAVAILABLE, headers={"Retry-After": "1"}) from None
+        try:
+            answers = result.get(timeout=self.settings.sync_timeout_seconds, propagate=False)
+        except Exception:
+            # Celery raises TimeoutError here; the work stays queued and can be polled.
+            self._remember_or_unavailable(task_id)
+            raise TimedOut(task_id) from None
+        if result.failed():
+            raise ApiError(500, "TaskFailed", "the worker could not classify this batch",
+                           data={"task_id": task_id})
+        return task_id, answers
+
+    def _remember_or_unavailable(self, task_id: str) -> None:
+        """Record a timed-out id so its poll URL answers; if Redis is gone, the client learns why."""
+        try:
+            self.remember(task_id)
+        except redis.RedisError:
+            raise ApiError(503, "QueueUnavailable", UNAVAILABLE, headers={"Retry-After": "1"}) from None
+
+    # -- polling --------------------------------------------------------------------------------
+
+    def _meta(self, task_id: str) -> dict[str, Any]:
+        """Read a task's stored meta (PENDING when nothing is stored)."""
+        try:
+            return self.celery.backend.get_task_meta(task_id)  # type: ignore[no-any-return]
+        except Exception:
+            return {"status": states.PENDING, "result": None}
+
+    def status(self, task_id: str) -> dict[str, Any] | None:
+        """Return a task's state, or None for an id this service never issued."""
+        result = AsyncResult(task_id, app=self.celery)
+        state = result.state
+        if state == states.PENDING and not self.results.exists(f"{self.settings.key_prefix}task:{task_id}"):
+            return None
+        body: dict[str, Any] = {"task_id": task_id, "status": state, "result": None, "error": None}
+        if state == states.SUCCESS:
+            body["result"] = result.result
+        elif state in states.PROPAGATE_STATES:
+            exc = result.result
+            body["error"] = {"raised": type(exc).__name__, "message": str(exc)}
+        return body
+
+    # -- health ---------------------------------------------------------------------------------
+
+    def readiness(self, max_age: float = 2.0) -> dict[str, Any]:
+        """Check Redis and that at least one worker with a loaded model answers; raise ApiError if not."""
+        checked, ready = self._ready
+        if ready is not None and time.monotonic() - checked < max_age:
+            return ready
+        try:
+            self.results.ping()
+            self.queue_depth(max_age=0)
+        except Exception as exc:
+            log.warning("readiness: Redis unreachable: %s", exc)
+            raise ApiError(503, "QueueUnavailable", "Redis does not answer") from None
+        try:
+            replies = self.celery.control.broadcast(tasks.MODEL_INFO_COMMAND, reply=True, timeout=1.5)
+        except Exception as exc:
+            log.warning("readiness: broadcast failed: %s", exc)
+            replies = []
+        workers = {name: info for reply in replies or [] for name, info in reply.items()
+                   if isinstance(info, dict) and info.get("model_version")}
+        if not workers:
+            raise ApiError(503, "NoWorkers", "no worker with a loaded model answered")
+        ready = {"status": "ready", "workers": workers, "queue_depth": self._depth[1]}
+        self._ready = (time.monotonic(), ready)
+        return ready
+
+
+def get_queue() -> IrisQueue:
+    """Return the current app's queue extension."""
+    return current_app.extensions["iris_queue"]  # type: ignore[no-any-return]

@@ -1,0 +1,23 @@
+"""GET /v1/tasks/<task_id>: poll a task this service issued."""
+
+import uuid
+
+from flask import Blueprint, Response
+
+from api.envelope import ApiError, success
+from api.queue import get_queue
+
+bp = Blueprint("tasks", __name__, url_prefix="/v1/tasks")
+
+
+@bp.get("/<task_id>")
+def task_status(task_id: str) -> Response:
+    """Answer the task's Celery state with its result or error."""
+    try:
+        uuid.UUID(task_id)
+    except ValueError:
+        raise ApiError(404, "NotFound", f"no task {task_id!r}") from None
+    body = get_queue().status(task_id)
+    if body is None:
+        raise ApiError(404, "NotFound", f"no task {task_id}: unknown or expired")
+    return success(body)

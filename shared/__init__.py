@@ -1,0 +1,1 @@
+"""The contract between the API, the workers and any other Python service: names, schemas, settings."""

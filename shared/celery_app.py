@@ -1,0 +1,49 @@
+"""The Celery app factory used by the API, the workers and any Python client."""
+
+from celery import Celery
+
+from shared import tasks
+from shared.settings import Settings, get_settings
+
+
+def create_celery(settings: Settings | None = None, name: str = "iris") -> Celery:
+    """Build a Celery app wired to the configured broker and result backend, JSON only."""
+    settings = settings or get_settings()
+    app = Celery(name, broker=settings.celery_broker_url, backend=settings.celery_result_backend,
+                 set_as_current=False)
+    fast_fail = {"socket_timeout": 5, "socket_connect_timeout": 2, "retry_on_timeout": True}
+    app.conf.update(
+        # Never pickle: a queue that accepts pickle runs whatever anyone with broker access sends.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_default_queue=settings.iris_queue,
+        task_routes={"iris.*": {"queue": settings.iris_queue}},
+        # A task is acknowledged after it ran, and comes back if its worker dies mid-way.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # Redis hands an unacknowledged message to another worker after this many seconds.
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds, **fast_fail},
+        result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
+        redis_socket_timeout=5,
+        redis_socket_connect_timeout=2,
+        redis_retry_on_timeout=True,
+        result_expires=settings.result_expires_seconds,
+        task_track_started=True,
+        # Fail a publish within about a second when Redis is down, rather than hang the caller.
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.3,
+                                   "interval_max": 0.5},
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=2,
+        # Tasks are milliseconds long: prefetch a few so a worker never waits on the broker.
+        worker_prefetch_multiplier=8,
+        worker_send_task_events=False,
+        task_time_limit=60,
+        task_soft_time_limit=30,
+    )
+    return app
+
+
+__all__ = ["create_celery", "tasks"]

@@ -1,0 +1,41 @@
+"""Typed settings read from the environment, shared by the API, the workers and training."""
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; each field is read from the environment variable of the same name."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    celery_broker_url: str = "redis://127.0.0.1:6379/0"
+    celery_result_backend: str = "redis://127.0.0.1:6379/1"
+    mlflow_tracking_uri: str = "sqlite:///mlruns.db"
+    iris_model_name: str = "iris-classifier"
+    iris_model_alias: str = "champion"
+    iris_queue: str = "iris"
+    port: int = Field(9191, ge=1, le=65535)
+    tag: str = "0.0.0"
+    loglevel: str = "INFO"
+    sync_timeout_seconds: float = Field(10.0, gt=0)
+    result_expires_seconds: int = Field(3600, ge=60)
+    visibility_timeout_seconds: int = Field(300, ge=10)
+    queue_max_length: int = Field(10_000, ge=0)
+    batch_max_size: int = Field(64, ge=1)
+    batch_max_wait_ms: float = Field(2.0, ge=0)
+    batch_max_rows: int = Field(1000, ge=1)
+    key_prefix: str = "iris:"
+
+    @property
+    def model_uri(self) -> str:
+        """Return the MLflow URI of the model the workers serve."""
+        return f"models:/{self.iris_model_name}@{self.iris_model_alias}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Read the settings once per process."""
+    return Settings()

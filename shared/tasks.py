@@ -1,0 +1,14 @@
+"""Task names and queues: callers use these with ``send_task`` and never import worker code."""
+
+QUEUE = "iris"
+
+# Public tasks: any Celery client may call them by name.
+CLASSIFY = "iris.classify"
+CLASSIFY_BATCH = "iris.classify_batch"
+
+# Internal task of the API's edge batcher: rows gathered from concurrent requests, each with its own
+# task id, answered under those ids and on one reply channel per API process.
+CLASSIFY_ROWS = "iris.classify_rows"
+
+# Remote-control command a worker answers only once its model is loaded and warm.
+MODEL_INFO_COMMAND = "iris_model_info"

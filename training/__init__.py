@@ -1,0 +1,1 @@
+"""Train the Iris classifier and register it in MLflow behind the champion alias."""

@@ -1,0 +1,62 @@
+"""The tasks the workers run: JSON in, JSON out, predictions vectorised per message."""
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery, states
+from pydantic import ValidationError
+
+from shared import tasks as names
+from shared.errors import PayloadValidationError
+from shared.schemas import ClassifyPayload, format_validation_error, rows_from_payloads
+from worker.model import ServedModel
+from worker.results import publish_reply, store_many
+
+
+def _rows_or_raise(payloads: list[Any], title: str) -> list[list[float]]:
+    """Validate payloads, raising an error that names the field and crosses the queue as JSON."""
+    try:
+        return rows_from_payloads(payloads)
+    except ValidationError as exc:
+        raise PayloadValidationError(format_validation_error(exc, title)) from None
+
+
+def register_tasks(app: Celery, model: Callable[[], ServedModel]) -> None:
+    """Register the iris tasks on ``app``; ``model`` returns the process's loaded model."""
+
+    @app.task(name=names.CLASSIFY, throws=(PayloadValidationError,))
+    def classify(payload: dict[str, Any]) -> dict[str, Any]:
+        """Classify one flower."""
+        if not isinstance(payload, dict):
+            raise PayloadValidationError("payload must be an object with the four measurements")
+        try:
+            row = ClassifyPayload.model_validate(payload).row()
+        except ValidationError as exc:
+            raise PayloadValidationError(format_validation_error(exc)) from None
+        return model().predict_rows([row])[0]
+
+    @app.task(name=names.CLASSIFY_BATCH, throws=(PayloadValidationError,))
+    def classify_batch(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Classify many flowers with one prediction, answering in order."""
+        if not isinstance(payloads, list) or not payloads:
+            raise PayloadValidationError("payloads must be a non-empty list of objects")
+        return model().predict_rows(_rows_or_raise(payloads, "BatchPayload"))
+
+    @app.task(name=names.CLASSIFY_ROWS, ignore_result=True)
+    def classify_rows(rows: list[list[float]], task_ids: list[str], reply_to: str | None = None) -> None:
+        """Predict rows gathered by an API process and answer each under its own task id."""
+        backend = app.backend
+        try:
+            if len(rows) != len(task_ids):
+                raise PayloadValidationError(f"{len(rows)} rows for {len(task_ids)} task ids")
+            results = model().predict_rows(rows)
+        except Exception as exc:
+            store_many(backend, task_ids, [exc] * len(task_ids), states.FAILURE)
+            error = {"raised": type(exc).__name__, "message": str(exc)}
+            if reply_to:
+                publish_reply(backend, reply_to, json.dumps({"ids": task_ids, "error": error}))
+            return
+        store_many(backend, task_ids, results, states.SUCCESS)
+        if reply_to:
+            publish_reply(backend, reply_to, json.dumps({"ids": task_ids, "results": results}))
