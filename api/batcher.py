@@ -45,15 +45,18 @@ Publisher = Callable[[list[list[float]], list[str], str], None]
 
 
 class EdgeBatcher:
-    """Flush at ``max_size`` rows or ``max_wait_ms`` after the oldest row arrived, whichever is first."""
+    """Send a batch as soon as one of ``max_in_flight`` slots is free, it holds ``max_size`` rows, or its
+    oldest row has waited ``max_wait_ms``: batches grow with load and stay small when idle."""
 
     def __init__(self, publish: Publisher, redis_url: str, channel_prefix: str, max_size: int,
-                 max_wait_ms: float) -> None:
+                 max_wait_ms: float, max_in_flight: int, reply_timeout: float) -> None:
         self._publish = publish
         self._redis_url = redis_url
         self._channel_prefix = channel_prefix
         self._max_size = max_size
         self._max_wait = max_wait_ms / 1000.0
+        self._max_in_flight = max_in_flight
+        self._reply_timeout = reply_timeout
         self._lock = threading.Lock()
         self._pid: int | None = None
 
@@ -63,6 +66,9 @@ class EdgeBatcher:
         self._waiting: dict[str, Pending] = {}
         self.channel = f"{self._channel_prefix}reply:{uuid.uuid4().hex}"
         self._subscribed = threading.Event()
+        self._slots = threading.BoundedSemaphore(self._max_in_flight)
+        # First task id of each batch holding a slot -> when it was sent; the reply frees the slot.
+        self._in_flight: dict[str, float] = {}
         self._redis = redis.Redis.from_url(self._redis_url, socket_connect_timeout=2, health_check_interval=10)
         threading.Thread(target=self._listen, name="iris-reply-listener", daemon=True).start()
         threading.Thread(target=self._flush_forever, name="iris-batch-flusher", daemon=True).start()
@@ -84,32 +90,42 @@ class EdgeBatcher:
         """Stop routing a reply to a request that gave up waiting."""
         self._waiting.pop(pending.task_id, None)
 
-    def _next_batch(self) -> list[Pending]:
-        """Block for one row, then gather more until the batch is full or the oldest row's wait is over."""
+    def _next_batch(self) -> tuple[list[Pending], bool]:
+        """Block for one row, wait for a free slot until the oldest row's wait is over, then take all
+        rows waiting (up to ``max_size``); return them and whether a slot was taken."""
         batch = [self._queue.get()]
-        deadline = batch[0].enqueued + self._max_wait
+        self._expire_slots()
+        slot = self._slots.acquire(timeout=max(0.0, batch[0].enqueued + self._max_wait - time.monotonic()))
         while len(batch) < self._max_size:
             try:
                 batch.append(self._queue.get_nowait())
-                continue
-            except queue.Empty:
-                pass
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(self._queue.get(timeout=remaining))
             except queue.Empty:
                 break
-        return batch
+        return batch, slot
+
+    def _expire_slots(self) -> None:
+        """Free the slots of batches whose reply never came (a worker died or the reply was missed)."""
+        cutoff = time.monotonic() - self._reply_timeout
+        for key, sent in list(self._in_flight.items()):
+            if sent < cutoff:
+                self._release(key)
+
+    def _release(self, key: str) -> None:
+        """Free one batch's slot, once."""
+        if self._in_flight.pop(key, None) is not None:
+            self._slots.release()
 
     def _flush_forever(self) -> None:
-        """Send batches as fast as they fill; a failed publish fails its rows at once."""
+        """Send batches as fast as slots free up; a failed publish fails its rows at once."""
         while True:
-            batch = self._next_batch()
+            batch, slot = self._next_batch()
+            key = batch[0].task_id
+            if slot:
+                self._in_flight[key] = time.monotonic()
             try:
                 self._publish([p.row for p in batch], [p.task_id for p in batch], self.channel)
             except Exception as exc:
+                self._release(key)
                 log.warning("cannot enqueue a batch of %d: %s", len(batch), exc)
                 error = {"raised": "QueueUnavailable", "message": "the task queue is unreachable"}
                 for pending in batch:
@@ -134,7 +150,8 @@ class EdgeBatcher:
 
     def _deliver(self, reply: dict[str, Any]) -> None:
         """Resolve each waiting request named in a worker's reply."""
-        ids = reply.get("ids", [])
+        ids = reply.get("ids") or [""]
+        self._release(ids[0])
         results = reply.get("results")
         error = reply.get("error")
         for index, task_id in enumerate(ids):

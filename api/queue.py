@@ -45,7 +45,9 @@ class IrisQueue:
         self.results = redis.Redis.from_url(settings.celery_result_backend, socket_connect_timeout=1,
                                             socket_timeout=2)
         self.batcher = EdgeBatcher(self._publish_rows, settings.celery_result_backend, settings.key_prefix,
-                                   settings.batch_max_size, settings.batch_max_wait_ms)
+                                   settings.batch_max_size, settings.batch_max_wait_ms,
+                                   settings.batch_max_in_flight,
+                                   reply_timeout=min(settings.sync_timeout_seconds, 2.0))
         self._depth_lock = threading.Lock()
         self._depth: tuple[float, int] = (0.0, 0)
         self._ready: tuple[float, dict[str, Any] | None] = (0.0, None)

@@ -52,7 +52,7 @@ class ErrorBody(BaseModel):
     """The seed's error object; ``code`` is the HTTP status as a string."""
 
     raised: str
-    raisedOn: str  # noqa: N815 - the seed's wire name
+    raisedOn: str
     message: str
     code: str
 

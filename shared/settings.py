@@ -25,7 +25,8 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = Field(300, ge=10)
     queue_max_length: int = Field(10_000, ge=0)
     batch_max_size: int = Field(64, ge=1)
-    batch_max_wait_ms: float = Field(2.0, ge=0)
+    batch_max_wait_ms: float = Field(10.0, ge=0)
+    batch_max_in_flight: int = Field(2, ge=1)
     batch_max_rows: int = Field(1000, ge=1)
     key_prefix: str = "iris:"
 

@@ -106,7 +106,7 @@ def promote_if_better(
         alias=alias,
         version=version,
         candidate_f1=candidate_f1,
-        champion_version=champion.version if champion is not None else None,
+        champion_version=str(champion.version) if champion is not None else None,
         champion_f1=current_f1,
         promoted=promoted,
         forced=force,

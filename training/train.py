@@ -210,20 +210,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--if-missing", action="store_true", help="do nothing when the champion alias already resolves"
     )
-    parser.add_argument("--quiet", action="store_true", help="hide the progress bar and MLflow's info logs")
+    parser.add_argument("--quiet", action="store_true", help="hide the progress bar and MLflow's INFO logs")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the training CLI and return the process exit code."""
     args = parse_args(argv)
-    if args.quiet:
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        logging.getLogger("alembic").setLevel(logging.WARNING)
-
     from mlflow import MlflowClient
 
     from training.registry import get_champion
+
+    if args.quiet:
+        # After the import: importing mlflow configures its logger at INFO and would undo this.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
 
     settings = get_settings()
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)

@@ -1,0 +1,107 @@
+"""Fixtures shared by every test: a real Redis, a trained MLflow store and real worker processes."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from shared.settings import Settings, get_settings
+from tests.helpers import ROOT, WorkerProcess, make_settings
+
+# Tests keep to their own databases of whatever Redis answers, and empty them before and after.
+BROKER_DB, BACKEND_DB = 14, 15
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Yield ``redis://host:port`` of a live Redis: TEST_REDIS_URL's, else a private redis-server."""
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
+    proc = None
+    if not _answers(url):
+        server = shutil.which("redis-server")
+        if server is None:
+            pytest.skip("no Redis answers and redis-server is not installed (apt-get install redis-server)")
+        port = _free_port()
+        proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
+                                stdout=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while not _answers(url):
+            assert time.monotonic() < deadline, "private redis-server did not start"
+            time.sleep(0.1)
+    for db in (BROKER_DB, BACKEND_DB):
+        redis.Redis.from_url(f"{url}/{db}").flushdb()
+    yield url
+    for db in (BROKER_DB, BACKEND_DB):
+        redis.Redis.from_url(f"{url}/{db}").flushdb()
+    if proc is not None:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Train and register a champion once, in a private sqlite store; return its tracking URI."""
+    home = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{home}/mlruns.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "training", "--quiet"], cwd=home, env=env, check=True,
+                   timeout=300, stdout=subprocess.DEVNULL)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def stack_env(redis_base: str, mlflow_store: str) -> dict[str, str]:
+    """Environment for API and worker processes under test."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "IRIS_", "BATCH_"))}
+    env.update(
+        CELERY_BROKER_URL=f"{redis_base}/{BROKER_DB}",
+        CELERY_RESULT_BACKEND=f"{redis_base}/{BACKEND_DB}",
+        MLFLOW_TRACKING_URI=mlflow_store,
+        PYTHONPATH=str(ROOT),
+        TAG="test",
+        KEY_PREFIX="iris-test:",
+        LOGLEVEL="WARNING",
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def worker(stack_env: dict[str, str]) -> Iterator[WorkerProcess]:
+    """One worker on queue ``iris`` shared by the tests that do not stop it."""
+    proc = WorkerProcess(stack_env, name="shared").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def settings(stack_env: dict[str, str]) -> Settings:
+    return make_settings(stack_env)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings_cache() -> Iterator[None]:
+    """Let no test see settings cached by another."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
