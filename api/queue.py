@@ -191,7 +191,7 @@ class IrisQueue:
             log.warning("readiness: Redis unreachable: %s", exc)
             raise ApiError(503, "QueueUnavailable", "Redis does not answer") from None
         try:
-            replies = self.celery.control.broadcast(tasks.MODEL_INFO_COMMAND, reply=True, timeout=1.5)
+            replies = self.celery.control.broadcast(tasks.MODEL_INFO_COMMAND, reply=True, timeout=1.5, limit=1)
         except Exception as exc:
             log.warning("readiness: broadcast failed: %s", exc)
             replies = []

@@ -15,7 +15,8 @@ from shared.settings import Settings, get_settings
 from tests.helpers import ROOT, WorkerProcess, make_settings
 
 # Tests keep to their own databases of whatever Redis answers, and empty them before and after.
-BROKER_DB, BACKEND_DB = 14, 15
+# DB 13 is a broker no shared worker listens on, for tests that need an empty or dead queue.
+BROKER_DB, BACKEND_DB, LONELY_BROKER_DB = 14, 15, 13
 
 
 def _answers(url: str) -> bool:
@@ -49,10 +50,10 @@ def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         while not _answers(url):
             assert time.monotonic() < deadline, "private redis-server did not start"
             time.sleep(0.1)
-    for db in (BROKER_DB, BACKEND_DB):
+    for db in (BROKER_DB, BACKEND_DB, LONELY_BROKER_DB):
         redis.Redis.from_url(f"{url}/{db}").flushdb()
     yield url
-    for db in (BROKER_DB, BACKEND_DB):
+    for db in (BROKER_DB, BACKEND_DB, LONELY_BROKER_DB):
         redis.Redis.from_url(f"{url}/{db}").flushdb()
     if proc is not None:
         proc.terminate()
@@ -105,3 +106,9 @@ def _fresh_settings_cache() -> Iterator[None]:
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def lonely_env(stack_env: dict[str, str], redis_base: str) -> dict[str, str]:
+    """Environment whose broker no shared worker listens on; the test starts and stops its own."""
+    return {**stack_env, "CELERY_BROKER_URL": f"{redis_base}/{LONELY_BROKER_DB}"}

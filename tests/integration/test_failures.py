@@ -1,0 +1,94 @@
+"""Failures we can foresee: a stopped or dead worker, a full queue, a model that cannot load."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from api import create_app
+from tests.helpers import ROOT, SEED_EXAMPLE, WorkerProcess, make_settings
+
+
+def test_stopped_worker_gives_504_with_a_poll_url_that_later_succeeds(lonely_env: dict[str, str]) -> None:
+    worker = WorkerProcess(lonely_env, queue="iris-stop").start()
+    client = create_app(make_settings(lonely_env, iris_queue="iris-stop", sync_timeout_seconds=1.5)).test_client()
+    try:
+        assert client.post("/v1/classify", json=SEED_EXAMPLE).status_code == 200
+        worker.stop()
+        resp = client.post("/v1/classify", json=SEED_EXAMPLE)
+        assert resp.status_code == 504
+        body = resp.get_json()
+        assert body["error"]["code"] == "504" and body["error"]["raised"] == "Timeout"
+        status_url = body["data"]["status_url"]
+        assert resp.headers["Location"] == status_url == f"/v1/tasks/{body['data']['task_id']}"
+        assert client.get(status_url).get_json()["data"]["status"] == "PENDING"
+
+        worker = WorkerProcess(lonely_env, queue="iris-stop").start()
+        deadline = time.monotonic() + 30
+        while (data := client.get(status_url).get_json()["data"])["status"] != "SUCCESS":
+            assert time.monotonic() < deadline, data
+            time.sleep(0.2)
+        assert data["result"]["pred_label"] == "Iris-virginica"
+    finally:
+        worker.stop()
+
+
+def test_dead_worker_makes_readyz_503_and_queued_work_survives(lonely_env: dict[str, str]) -> None:
+    worker = WorkerProcess(lonely_env, queue="iris-dead").start()
+    client = create_app(make_settings(lonely_env, iris_queue="iris-dead")).test_client()
+    try:
+        assert client.get("/readyz").status_code == 200
+        worker.kill()
+        time.sleep(2.1)  # readiness is cached for 2 s
+        resp = client.get("/readyz")
+        assert resp.status_code == 503 and resp.get_json()["error"]["raised"] == "NoWorkers"
+
+        accepted = client.post("/v1/classify/async", json=SEED_EXAMPLE)
+        assert accepted.status_code == 202
+        status_url = accepted.headers["Location"]
+        assert client.get(status_url).get_json()["data"]["status"] == "PENDING"
+
+        worker = WorkerProcess(lonely_env, queue="iris-dead").start()
+        deadline = time.monotonic() + 30
+        while (data := client.get(status_url).get_json()["data"])["status"] != "SUCCESS":
+            assert time.monotonic() < deadline, data
+            time.sleep(0.2)
+        assert data["result"]["pred_label"] == "Iris-virginica"
+    finally:
+        worker.stop()
+
+
+def test_full_queue_answers_503_and_loses_nothing_accepted(lonely_env: dict[str, str]) -> None:
+    client = create_app(make_settings(lonely_env, iris_queue="iris-full", queue_max_length=2)).test_client()
+    accepted = [client.post("/v1/classify/async", json=SEED_EXAMPLE) for _ in range(2)]
+    assert [r.status_code for r in accepted] == [202, 202]
+    time.sleep(0.3)  # the queue depth is read at most every 0.25 s
+    resp = client.post("/v1/classify/async", json=SEED_EXAMPLE)
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
+    assert resp.get_json()["error"]["raised"] == "QueueFull"
+
+    worker = WorkerProcess(lonely_env, queue="iris-full").start()
+    try:
+        deadline = time.monotonic() + 30
+        for r in accepted:
+            while (data := client.get(r.headers["Location"]).get_json()["data"])["status"] != "SUCCESS":
+                assert time.monotonic() < deadline, data
+                time.sleep(0.2)
+    finally:
+        worker.stop()
+
+
+def test_worker_exits_non_zero_with_one_line_when_the_model_cannot_load(
+    stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**stack_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/empty.db", "IRIS_QUEUE": "iris-nomodel"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "iris-nomodel", "--pool", "solo",
+         "--without-gossip", "--without-mingle", "-l", "warning"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    reasons = [line for line in proc.stderr.splitlines() if line.startswith("iris worker:")]
+    assert len(reasons) == 1, proc.stderr
+    assert "cannot load models:/iris-classifier@champion" in reasons[0]
+    assert "Traceback" not in proc.stderr
