@@ -159,7 +159,7 @@ class IrisQueue:
     def _meta(self, task_id: str) -> dict[str, Any]:
         """Read a task's stored meta (PENDING when nothing is stored)."""
         try:
-            return self.celery.backend.get_task_meta(task_id)  # type: ignore[no-any-return]
+            return self.celery.backend.get_task_meta(task_id)
         except Exception:
             return {"status": states.PENDING, "result": None}
 
@@ -206,4 +206,4 @@ class IrisQueue:
 
 def get_queue() -> IrisQueue:
     """Return the current app's queue extension."""
-    return current_app.extensions["iris_queue"]  # type: ignore[no-any-return]
+    return current_app.extensions["iris_queue"]

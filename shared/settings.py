@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     batch_max_in_flight: int = Field(2, ge=1)
     batch_max_rows: int = Field(1000, ge=1)
     key_prefix: str = "iris:"
+    # Predictions take microseconds per row, so one process per worker (no pool IPC) is the fast default.
+    worker_pool: str = "solo"
+    worker_concurrency: int | None = Field(None, ge=1)
 
     @property
     def model_uri(self) -> str:

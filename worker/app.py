@@ -47,7 +47,11 @@ def iris_model_info(state: Any) -> dict[str, Any]:
 
 def create_worker_app() -> Celery:
     """Return the Celery app with the iris tasks and the model-loading hooks."""
-    app = create_celery(get_settings())
+    settings = get_settings()
+    app = create_celery(settings)
+    app.conf.worker_pool = settings.worker_pool
+    if settings.worker_concurrency:
+        app.conf.worker_concurrency = settings.worker_concurrency
     register_tasks(app, served_model)
     signals.worker_init.connect(_load_model, weak=False)
     signals.worker_process_init.connect(_warm_child, weak=False)
