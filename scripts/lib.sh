@@ -26,7 +26,9 @@ ensure_venv() {
   if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
     say "installing .[$extras] into .venv (first run takes a few minutes)"
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --progress-bar on -e ".[$extras]"
+    # One line per package fetched, so a first run shows progress without pip's full chatter.
+    .venv/bin/python -m pip install -e ".[$extras]" 2>&1 |
+      grep --line-buffered -E '^(Collecting|Successfully installed|ERROR)' | cut -c1-100
     echo "$digest" > "$stamp"
   fi
 }
