@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import pytest
 import redis
 
 from shared.settings import Settings, get_settings
-from tests.helpers import ROOT, WorkerProcess, make_settings
+from tests.helpers import ROOT, WorkerProcess, free_port, make_settings
 
 # Tests keep to their own databases of whatever Redis answers, and empty them before and after.
 # DB 13 is a broker no shared worker listens on, for tests that need an empty or dead queue.
@@ -26,12 +25,6 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Yield ``redis://host:port`` of a live Redis: TEST_REDIS_URL's, else a private redis-server."""
@@ -41,7 +34,7 @@ def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server = shutil.which("redis-server")
         if server is None:
             pytest.skip("no Redis answers and redis-server is not installed (apt-get install redis-server)")
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                  "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
                                 stdout=subprocess.DEVNULL)

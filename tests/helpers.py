@@ -13,6 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SEED_EXAMPLE = {"sepal_length": 7.7, "sepal_width": 2.6, "petal_length": 6.9, "petal_width": 2.3}
 
 
+def free_port() -> int:
+    """Return a TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def make_settings(env: dict[str, str], **overrides: object) -> Settings:
     """Build settings from a test environment, as a process started with ``env`` would read them."""
     keys = {"CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "MLFLOW_TRACKING_URI", "TAG", "KEY_PREFIX",
