@@ -1,5 +1,5 @@
 # The two commands a newcomer needs are `make up` and `make test`; the rest are conveniences.
-.PHONY: up test train worker api bench load clean help
+.PHONY: up test train worker api api-granian bench load clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -16,8 +16,11 @@ train:  ## train, register and promote if at least as good (ARGS=--force to alwa
 worker:  ## run one worker in the foreground
 	.venv/bin/celery -A worker worker --without-gossip --without-mingle
 
-api:  ## run the API in the foreground
+api:  ## run the API in the foreground with gunicorn
 	.venv/bin/gunicorn -c gunicorn.conf.py
+
+api-granian:  ## run the API with granian instead (measured faster; see README, Performance)
+	.venv/bin/python -m api
 
 bench:  ## benchmark a running stack (make up first); writes load/reports/
 	@scripts/bench.sh

@@ -9,9 +9,9 @@ _settings = get_settings()
 wsgi_app = "api:create_app()"
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{_settings.port}")
 # Requests mostly wait on the queue, so threads, not processes, carry the concurrency.
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+workers = _settings.web_concurrency
 worker_class = "gthread"
-threads = int(os.environ.get("WEB_THREADS", "32"))
+threads = _settings.web_threads
 keepalive = 5
 timeout = max(30, int(_settings.sync_timeout_seconds) + 10)
 graceful_timeout = 10

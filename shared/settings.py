@@ -18,6 +18,9 @@ class Settings(BaseSettings):
     iris_model_alias: str = "champion"
     iris_queue: str = "iris"
     port: int = Field(9191, ge=1, le=65535)
+    api_host: str = "0.0.0.0"
+    web_concurrency: int = Field(2, ge=1)
+    web_threads: int = Field(32, ge=1)
     tag: str = "0.0.0"
     loglevel: str = "INFO"
     sync_timeout_seconds: float = Field(10.0, gt=0)
@@ -26,7 +29,7 @@ class Settings(BaseSettings):
     queue_max_length: int = Field(10_000, ge=0)
     batch_max_size: int = Field(64, ge=1)
     batch_max_wait_ms: float = Field(10.0, ge=0)
-    batch_max_in_flight: int = Field(2, ge=1)
+    batch_max_in_flight: int = Field(1, ge=1)
     batch_max_rows: int = Field(1000, ge=1)
     key_prefix: str = "iris:"
     # Predictions take microseconds per row, so one process per worker (no pool IPC) is the fast default.
