@@ -268,7 +268,7 @@ def compose() -> dict[str, Any]:
         return yaml.safe_load(fh)  # type: ignore[no-any-return]
 
 
-def test_compose_services_follow_the_brief(compose: dict[str, Any]) -> None:
+def test_compose_file_keeps_its_guarantees(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert {"redis", "mlflow", "trainer", "worker", "api", "flower"} <= set(services)
     worker = services["worker"]
@@ -330,16 +330,21 @@ def test_compose_commands_serve_the_seed_example(compose: dict[str, Any], stack_
             env["PYTHONPATH"] = env["PYTHONPATH"].replace(images[name].workdir, str(app_dir))
         return env
 
+    staged: dict[Path, set[Path]] = {}
+
     def stage(name: str) -> Path:
         app_dir = tmp_path / name / "app"
         app_dir.mkdir(parents=True)
         images[name].stage(app_dir)
+        staged[app_dir] = set(app_dir.rglob("*"))
         return app_dir
 
     # The API first: it needs neither MLflow nor a model, and starting it now overlaps the slow parts.
     api_dir = stage("api")
     api_env = container_env("api", api_dir)
-    api_env.update(PORT=str(api_port), GUNICORN_BIND=f"127.0.0.1:{api_port}", WEB_CONCURRENCY="1")
+    # Loopback only: GUNICORN_BIND for gunicorn.conf.py, API_HOST for `python -m api` (granian).
+    api_env.update(PORT=str(api_port), GUNICORN_BIND=f"127.0.0.1:{api_port}", API_HOST="127.0.0.1",
+                   WEB_CONCURRENCY="1")
     assert not (api_dir / "worker").exists() and not (api_dir / "training").exists()
     procs.start("api", local_argv(container_argv(svc["api"], images["api"])), api_env, api_dir)
 
@@ -395,8 +400,12 @@ def test_compose_commands_serve_the_seed_example(compose: dict[str, Any], stack_
     assert body["data"]["pred_label"] == "Iris-virginica"
     assert body["data"]["model_version"] == "1"
 
-    # Leave no queue behind in the shared test broker.
+    # The images' WORKDIR belongs to root and the processes run as a non-root user: they must not write there.
     procs.stop_all()
+    for app_dir, files in staged.items():
+        assert set(app_dir.rglob("*")) == files, f"{app_dir.parent.name} wrote into its WORKDIR"
+
+    # Leave no queue behind in the shared test broker.
     client = redis.Redis.from_url(broker)
     client.delete(queue, f"_kombu.binding.{queue}")
     client.close()

@@ -19,8 +19,6 @@ from kombu.exceptions import OperationalError
 from api import create_app
 from tests.helpers import SEED_EXAMPLE, WorkerProcess, make_settings
 
-pytestmark = pytest.mark.integration
-
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 # Exchanges Celery declares for remote control; removed after the test if the test created them.
 CELERY_EXCHANGES = ("celery.pidbox", "reply.celery.pidbox", "celeryev")
@@ -48,18 +46,24 @@ def _existing_exchanges(conn: Connection, names: tuple[str, ...]) -> set[str]:
     return found
 
 
+_ADDRESS = f"{urlsplit(AMQP_URL).hostname}:{urlsplit(AMQP_URL).port or 5672}"
+# Checked at collection, so a machine without RabbitMQ skips before the session trains a model for nothing.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not _amqp_answers(AMQP_URL), reason=f"no RabbitMQ answers at {_ADDRESS}"),
+]
+
+
 @pytest.fixture
-def amqp_queue(stack_env: dict[str, str]) -> Iterator[str]:
+def amqp_queue() -> Iterator[str]:
     """A unique queue name on the RabbitMQ under test; the queue and what the test created go afterwards."""
-    if not _amqp_answers(AMQP_URL):
-        pytest.skip(f"no RabbitMQ answers at {urlsplit(AMQP_URL).hostname}:{urlsplit(AMQP_URL).port or 5672}")
     queue = f"iris-amqp-{uuid.uuid4().hex[:8]}"
     try:
         with Connection(AMQP_URL, connect_timeout=3) as conn:
             conn.ensure_connection(max_retries=1)
             before = _existing_exchanges(conn, CELERY_EXCHANGES)
     except OperationalError as exc:
-        pytest.skip(f"RabbitMQ at {AMQP_URL.split('@')[-1]} refuses the connection: {exc}")
+        pytest.skip(f"RabbitMQ at {_ADDRESS} refuses the connection: {exc}")
     yield queue
     with Connection(AMQP_URL, connect_timeout=3) as conn:
         channel = conn.default_channel
@@ -70,7 +74,7 @@ def amqp_queue(stack_env: dict[str, str]) -> Iterator[str]:
                 conn.default_channel.exchange_delete(name)
 
 
-def test_worker_and_api_over_rabbitmq(stack_env: dict[str, str], amqp_queue: str) -> None:
+def test_worker_and_api_over_rabbitmq(amqp_queue: str, stack_env: dict[str, str]) -> None:
     env = {**stack_env, "CELERY_BROKER_URL": AMQP_URL}
     worker = WorkerProcess(env, queue=amqp_queue, name=f"amqp-{amqp_queue[-8:]}")
     app = None
