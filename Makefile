@@ -22,7 +22,7 @@ api:  ## run the API in the foreground with gunicorn
 api-granian:  ## run the API with granian instead (measured faster; see README, Performance)
 	.venv/bin/python -m api
 
-bench:  ## benchmark a running stack (make up first); writes load/reports/
+bench:  ## compare a running stack (make up first) with the seed in-process design, using wrk
 	@scripts/bench.sh
 
 load:  ## locust load test of a running stack (USERS, DURATION, HOST); writes load/reports/
