@@ -6,6 +6,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from shared.settings import Settings
 
@@ -18,6 +19,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def poll_until_done(client: Any, status_url: str, timeout: float = 30) -> dict[str, Any]:
+    """Poll a task's status URL with a Flask test client until SUCCESS or FAILURE; return its data."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        resp = client.get(status_url)
+        assert resp.status_code == 200, resp.get_json()
+        data: dict[str, Any] = resp.get_json()["data"]
+        if data["status"] in ("SUCCESS", "FAILURE"):
+            return data
+        time.sleep(0.1)
+    raise AssertionError(f"{status_url} not done within {timeout}s")
 
 
 def make_settings(env: dict[str, str], **overrides: object) -> Settings:

@@ -1,26 +1,11 @@
 """The HTTP contract end to end: Flask app -> Redis -> celery worker -> MLflow champion."""
 
-import time
 import uuid
-from typing import Any
 
 from flask.testing import FlaskClient
 
 from shared.schemas import LABELS
-from tests.helpers import SEED_EXAMPLE
-
-
-def poll(client: FlaskClient, url: str, timeout: float = 20) -> dict[str, Any]:
-    """Poll a status URL until the task is ready and return its data."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        resp = client.get(url)
-        assert resp.status_code == 200, resp.get_json()
-        data: dict[str, Any] = resp.get_json()["data"]
-        if data["status"] in ("SUCCESS", "FAILURE"):
-            return data
-        time.sleep(0.1)
-    raise AssertionError(f"{url} not ready in {timeout}s")
+from tests.helpers import SEED_EXAMPLE, poll_until_done
 
 
 def test_seed_example_is_iris_virginica_in_the_seeds_envelope(client: FlaskClient) -> None:
@@ -64,7 +49,7 @@ def test_async_answers_202_then_polls_to_success(client: FlaskClient) -> None:
     data = resp.get_json()["data"]
     assert data["status"] == "PENDING"
     assert resp.headers["Location"] == data["status_url"] == f"/v1/tasks/{data['task_id']}"
-    done = poll(client, data["status_url"])
+    done = poll_until_done(client, data["status_url"])
     assert done["status"] == "SUCCESS" and done["error"] is None
     assert done["result"]["pred_label"] == "Iris-virginica"
 

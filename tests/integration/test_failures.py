@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from api import create_app
-from tests.helpers import ROOT, SEED_EXAMPLE, WorkerProcess, make_settings
+from tests.helpers import ROOT, SEED_EXAMPLE, WorkerProcess, make_settings, poll_until_done
 
 
 def test_stopped_worker_gives_504_with_a_poll_url_that_later_succeeds(lonely_env: dict[str, str]) -> None:
@@ -24,11 +24,8 @@ def test_stopped_worker_gives_504_with_a_poll_url_that_later_succeeds(lonely_env
         assert client.get(status_url).get_json()["data"]["status"] == "PENDING"
 
         worker = WorkerProcess(lonely_env, queue="iris-stop").start()
-        deadline = time.monotonic() + 30
-        while (data := client.get(status_url).get_json()["data"])["status"] != "SUCCESS":
-            assert time.monotonic() < deadline, data
-            time.sleep(0.2)
-        assert data["result"]["pred_label"] == "Iris-virginica"
+        data = poll_until_done(client, status_url)
+        assert data["status"] == "SUCCESS" and data["result"]["pred_label"] == "Iris-virginica"
     finally:
         worker.stop()
 
@@ -49,11 +46,8 @@ def test_dead_worker_makes_readyz_503_and_queued_work_survives(lonely_env: dict[
         assert client.get(status_url).get_json()["data"]["status"] == "PENDING"
 
         worker = WorkerProcess(lonely_env, queue="iris-dead").start()
-        deadline = time.monotonic() + 30
-        while (data := client.get(status_url).get_json()["data"])["status"] != "SUCCESS":
-            assert time.monotonic() < deadline, data
-            time.sleep(0.2)
-        assert data["result"]["pred_label"] == "Iris-virginica"
+        data = poll_until_done(client, status_url)
+        assert data["status"] == "SUCCESS" and data["result"]["pred_label"] == "Iris-virginica"
     finally:
         worker.stop()
 
@@ -69,11 +63,8 @@ def test_full_queue_answers_503_and_loses_nothing_accepted(lonely_env: dict[str,
 
     worker = WorkerProcess(lonely_env, queue="iris-full").start()
     try:
-        deadline = time.monotonic() + 30
         for r in accepted:
-            while (data := client.get(r.headers["Location"]).get_json()["data"])["status"] != "SUCCESS":
-                assert time.monotonic() < deadline, data
-                time.sleep(0.2)
+            assert poll_until_done(client, r.headers["Location"])["status"] == "SUCCESS"
     finally:
         worker.stop()
 
