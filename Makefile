@@ -23,7 +23,7 @@ api-granian:  ## run the API with granian instead (measured faster; see README, 
 	.venv/bin/python -m api
 
 bench:  ## compare a running stack (make up first) with the seed in-process design, using wrk
-	@scripts/bench.sh
+	@scripts/bench.sh $(ARGS)
 
 load:  ## locust load test of a running stack (USERS, DURATION, HOST); writes load/reports/
 	@scripts/load.sh
