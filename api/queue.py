@@ -51,32 +51,43 @@ class IrisQueue:
         self._depth_lock = threading.Lock()
         self._depth: tuple[float, int] = (0.0, 0)
         self._ready: tuple[float, dict[str, Any] | None] = (0.0, None)
+        self._producer: Any = None
         app.extensions["iris_queue"] = self
 
     # -- enqueueing -------------------------------------------------------------------------------
 
     def _publish_rows(self, rows: list[list[float]], task_ids: list[str], reply_to: str) -> None:
-        """Send one edge batch as a single task message."""
-        self.celery.send_task(tasks.CLASSIFY_ROWS, args=[rows, task_ids, reply_to],
-                              queue=self.settings.iris_queue)
+        """Send one edge batch as a single task message, on a producer the flusher thread keeps."""
+        if self._producer is None:
+            self._producer = self.celery.producer_pool.acquire(block=True, timeout=2)
+        try:
+            # argsrepr: Celery would otherwise repr() every row into the message headers.
+            self.celery.send_task(tasks.CLASSIFY_ROWS, args=[rows, task_ids, reply_to], queue=self.settings.iris_queue,
+                                  argsrepr=f"({len(rows)} rows)", producer=self._producer)
+        except Exception:
+            producer, self._producer = self._producer, None
+            producer.release()
+            raise
 
     def queue_depth(self, max_age: float = 0.25) -> int:
-        """Return the queue's length, asking the broker at most every ``max_age`` seconds."""
+        """Return the queue's length, asking the broker at most every ``max_age`` seconds.
+
+        One thread refreshes while the others keep using the last reading, so a slow broker round trip
+        never stalls the request path.
+        """
         checked, depth = self._depth
-        if time.monotonic() - checked < max_age:
+        if time.monotonic() - checked < max_age or not self._depth_lock.acquire(blocking=max_age == 0):
             return depth
-        with self._depth_lock:
-            checked, depth = self._depth
-            if time.monotonic() - checked < max_age:
-                return depth
-            with self.celery.connection_for_read() as conn:
+        try:
+            with self.celery.pool.acquire(block=True, timeout=2) as conn, conn.channel() as channel:
                 try:
-                    depth = conn.default_channel.queue_declare(self.settings.iris_queue,
-                                                               passive=True).message_count
+                    depth = channel.queue_declare(self.settings.iris_queue, passive=True).message_count
                 except ChannelError:
                     depth = 0  # no worker has declared the queue yet: nothing is waiting in it
             self._depth = (time.monotonic(), depth)
             return depth
+        finally:
+            self._depth_lock.release()
 
     def _admit(self) -> None:
         """Refuse new work while the queue is full or the broker is down: a 503 loses nothing."""

@@ -1,9 +1,9 @@
 """The tasks the workers run: JSON in, JSON out, predictions vectorised per message."""
 
-import json
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from celery import Celery, states
 from pydantic import ValidationError
 
@@ -11,7 +11,7 @@ from shared import tasks as names
 from shared.errors import PayloadValidationError
 from shared.schemas import ClassifyPayload, format_validation_error, rows_from_payloads
 from worker.model import ServedModel
-from worker.results import publish_reply, store_many
+from worker.results import store_many
 
 
 def _rows_or_raise(payloads: list[Any], title: str) -> list[list[float]]:
@@ -46,17 +46,14 @@ def register_tasks(app: Celery, model: Callable[[], ServedModel]) -> None:
     @app.task(name=names.CLASSIFY_ROWS, ignore_result=True)
     def classify_rows(rows: list[list[float]], task_ids: list[str], reply_to: str | None = None) -> None:
         """Predict rows gathered by an API process and answer each under its own task id."""
-        backend = app.backend
         try:
             if len(rows) != len(task_ids):
                 raise PayloadValidationError(f"{len(rows)} rows for {len(task_ids)} task ids")
             results = model().predict_rows(rows)
         except Exception as exc:
-            store_many(backend, task_ids, [exc] * len(task_ids), states.FAILURE)
             error = {"raised": type(exc).__name__, "message": str(exc)}
-            if reply_to:
-                publish_reply(backend, reply_to, json.dumps({"ids": task_ids, "error": error}))
+            reply = (reply_to, orjson.dumps({"ids": task_ids, "error": error})) if reply_to else None
+            store_many(app.backend, task_ids, [exc] * len(task_ids), states.FAILURE, reply)
             return
-        store_many(backend, task_ids, results, states.SUCCESS)
-        if reply_to:
-            publish_reply(backend, reply_to, json.dumps({"ids": task_ids, "results": results}))
+        reply = (reply_to, orjson.dumps({"ids": task_ids, "results": results})) if reply_to else None
+        store_many(app.backend, task_ids, results, states.SUCCESS, reply)

@@ -7,7 +7,7 @@ from sklearn.datasets import load_iris
 
 from shared.schemas import FEATURES
 from tests.helpers import SEED_EXAMPLE, make_settings
-from worker.model import ModelLoadError, ServedModel, load_served_model
+from worker.model import ModelLoadError, ServedModel, load_served_model, numpy_predict_proba
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +51,20 @@ def test_a_missing_champion_is_a_one_line_load_error(tmp_path: object) -> None:
     with pytest.raises(ModelLoadError, match=r"cannot load models:/iris-classifier@champion") as info:
         load_served_model(settings)
     assert "\n" not in str(info.value)
+
+
+def test_the_numpy_path_serves_the_registered_pipeline_and_matches_sklearn(served: ServedModel) -> None:
+    assert numpy_predict_proba(served.estimator) is not None
+    rows = load_iris().data
+    np.testing.assert_allclose(served.predict_proba(rows), served.estimator.predict_proba(rows), rtol=0, atol=1e-14)
+
+
+def test_other_estimators_fall_back_to_their_own_predict_proba() -> None:
+    from sklearn.tree import DecisionTreeClassifier
+
+    iris = load_iris()
+    tree = DecisionTreeClassifier(random_state=0).fit(pd.DataFrame(iris.data, columns=list(FEATURES)),
+                                                      [str(t) for t in iris.target])
+    assert numpy_predict_proba(tree) is None
+    model = ServedModel(estimator=tree, name="t", version="1", run_id="r")
+    assert model.predict_rows(iris.data[:3])[0]["pred_label"] == "0"
