@@ -1,5 +1,5 @@
 # The two commands a newcomer needs are `make up` and `make test`; the rest are conveniences.
-.PHONY: up test train worker api api-granian bench load clean help
+.PHONY: up test train worker api api-gunicorn bench side-by-side load clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -16,14 +16,17 @@ train:  ## train, register and promote if at least as good (ARGS=--force to alwa
 worker:  ## run one worker in the foreground
 	.venv/bin/celery -A worker worker --without-gossip --without-mingle
 
-api:  ## run the API in the foreground with gunicorn
-	.venv/bin/gunicorn -c gunicorn.conf.py
-
-api-granian:  ## run the API with granian instead (measured faster; see README, Performance)
+api:  ## run the API in the foreground (granian, as make up and the container do)
 	.venv/bin/python -m api
 
-bench:  ## compare a running stack (make up first) with the seed in-process design, using wrk
-	@scripts/bench.sh $(ARGS)
+api-gunicorn:  ## run the API with gunicorn instead (the seed's server; slower here, see README)
+	.venv/bin/gunicorn -c gunicorn.conf.py
+
+bench:  ## benchmark a running stack (make up first): sync, async, batch; report and plot in load/reports/
+	.venv/bin/python load/bench.py $(ARGS)
+
+side-by-side:  ## load a running stack and the seed's in-process design in turn, with wrk
+	@scripts/side-by-side.sh $(ARGS)
 
 load:  ## locust load test of a running stack (USERS, DURATION, HOST); writes load/reports/
 	@scripts/load.sh

@@ -1,8 +1,8 @@
 """Serve the API with granian: ``python -m api`` (settings from the environment).
 
 granian parses HTTP in Rust and hands requests to a pool of Python threads per process; measured on
-2 cores it serves this app markedly faster than gunicorn gthread (README, Performance). ``make up`` and
-the container still use ``gunicorn -c gunicorn.conf.py``, the seed's server.
+2 cores it serves this app about 1.6x faster than gunicorn gthread (README, Performance), so ``make up``
+and the container use it. ``gunicorn -c gunicorn.conf.py`` serves the same app for those who prefer it.
 """
 
 from granian.constants import Interfaces

@@ -100,10 +100,10 @@ class IrisQueue:
             raise ApiError(503, "QueueFull", f"the queue holds {depth} tasks; try again shortly",
                            headers={"Retry-After": "1"})
 
-    def remember(self, task_id: str) -> None:
+    def remember(self, task_id: str, ttl: int | None = None) -> None:
         """Record an id this service issued, for as long as its result is kept."""
         self.results.set(f"{self.settings.key_prefix}task:{task_id}", b"1",
-                         ex=self.settings.result_expires_seconds)
+                         ex=ttl or self.settings.result_expires_seconds)
 
     def classify(self, row: list[float]) -> tuple[str, dict[str, Any]]:
         """Classify one row through the edge batcher and wait up to SYNC_TIMEOUT_SECONDS."""
@@ -115,7 +115,7 @@ class IrisQueue:
             meta = self._meta(pending.task_id)
             if meta.get("status") == states.SUCCESS:
                 return pending.task_id, meta["result"]
-            self._remember_or_unavailable(pending.task_id)
+            self._remember_or_unavailable(pending.task_id, self.settings.row_result_expires_seconds)
             raise TimedOut(pending.task_id)
         if pending.error is not None:
             if pending.error.get("raised") == "QueueUnavailable":
@@ -158,10 +158,10 @@ class IrisQueue:
                            data={"task_id": task_id})
         return task_id, answers
 
-    def _remember_or_unavailable(self, task_id: str) -> None:
+    def _remember_or_unavailable(self, task_id: str, ttl: int | None = None) -> None:
         """Record a timed-out id so its poll URL answers; if Redis is gone, the client learns why."""
         try:
-            self.remember(task_id)
+            self.remember(task_id, ttl)
         except redis.RedisError:
             raise ApiError(503, "QueueUnavailable", UNAVAILABLE, headers={"Retry-After": "1"}) from None
 

@@ -51,7 +51,7 @@ say "starting the worker (log: .run/worker.log)"
 .venv/bin/celery -A worker worker --without-gossip --without-mingle > .run/worker.log 2>&1 &
 pids+=($!)
 say "starting the API on port $PORT (log: .run/api.log)"
-.venv/bin/gunicorn -c gunicorn.conf.py > .run/api.log 2>&1 &
+.venv/bin/python -m api > .run/api.log 2>&1 &
 pids+=($!)
 
 printf 'waiting for /readyz '

@@ -17,7 +17,7 @@ def _meta(backend: Any, task_id: str, result: Any, state: str, date_done: str) -
 
 
 def store_many(backend: Any, task_ids: Sequence[str], results: Sequence[Any], state: str,
-               reply: tuple[str, bytes] | None = None) -> None:
+               reply: tuple[str, bytes] | None = None, expires: int | None = None) -> None:
     """Write each id's result, and send ``reply`` (channel, message), in one round trip on Redis.
 
     Unlike Celery's own store, this does not PUBLISH per id: the waiting API process gets the whole
@@ -29,7 +29,7 @@ def store_many(backend: Any, task_ids: Sequence[str], results: Sequence[Any], st
         return  # other backends have no channel to reply on: the API falls back to reading results
 
     date_done = backend.app.now().isoformat()
-    expires = backend.expires or None
+    expires = expires or backend.expires or None
     with backend.client.pipeline(transaction=False) as pipe:
         for task_id, result in zip(task_ids, results, strict=True):
             # The backend is JSON-only (shared.celery_app), and orjson writes the same JSON several times faster.

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from shared import tasks as names
 from shared.errors import PayloadValidationError
 from shared.schemas import ClassifyPayload, format_validation_error, rows_from_payloads
+from shared.settings import get_settings
 from worker.model import ServedModel
 from worker.results import store_many
 
@@ -46,6 +47,7 @@ def register_tasks(app: Celery, model: Callable[[], ServedModel]) -> None:
     @app.task(name=names.CLASSIFY_ROWS, ignore_result=True)
     def classify_rows(rows: list[list[float]], task_ids: list[str], reply_to: str | None = None) -> None:
         """Predict rows gathered by an API process and answer each under its own task id."""
+        expires = get_settings().row_result_expires_seconds
         try:
             if len(rows) != len(task_ids):
                 raise PayloadValidationError(f"{len(rows)} rows for {len(task_ids)} task ids")
@@ -53,7 +55,7 @@ def register_tasks(app: Celery, model: Callable[[], ServedModel]) -> None:
         except Exception as exc:
             error = {"raised": type(exc).__name__, "message": str(exc)}
             reply = (reply_to, orjson.dumps({"ids": task_ids, "error": error})) if reply_to else None
-            store_many(app.backend, task_ids, [exc] * len(task_ids), states.FAILURE, reply)
+            store_many(app.backend, task_ids, [exc] * len(task_ids), states.FAILURE, reply, expires)
             return
         reply = (reply_to, orjson.dumps({"ids": task_ids, "results": results})) if reply_to else None
-        store_many(app.backend, task_ids, results, states.SUCCESS, reply)
+        store_many(app.backend, task_ids, results, states.SUCCESS, reply, expires)
