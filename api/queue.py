@@ -109,7 +109,7 @@ class IrisQueue:
         """Classify one row through the edge batcher and wait up to SYNC_TIMEOUT_SECONDS."""
         self._admit()
         pending = self.batcher.submit(row)
-        if not pending.event.wait(self.settings.sync_timeout_seconds):
+        if not pending.wait(self.settings.sync_timeout_seconds):
             self.batcher.forget(pending)
             # The reply may have been missed while the listener reconnected: the backend has the truth.
             meta = self._meta(pending.task_id)

@@ -35,10 +35,10 @@ class Settings(BaseSettings):
     batch_max_in_flight: int = Field(1, ge=1)
     batch_max_rows: int = Field(1000, ge=1)
     key_prefix: str = "iris:"
-    # Predictions take microseconds per batch, and most of a task is Redis round trips: a few threads in one
-    # process overlap those without the IPC of a prefork pool (measured: README, Performance).
-    worker_pool: str = "threads"
-    worker_concurrency: int | None = Field(4, ge=1)
+    # A batch predicts in microseconds, so one process with no pool IPC is the lean default; scale out with
+    # more processes. threads and prefork measured no better on 2 cores (README, Scaling out).
+    worker_pool: str = "solo"
+    worker_concurrency: int | None = Field(None, ge=1)
 
     @property
     def model_uri(self) -> str:
