@@ -69,7 +69,7 @@ class EdgeBatcher:
         self._pid: int | None = None
 
     def _start(self) -> None:
-        """Start the flusher and the listener in this process (after gunicorn forks, never before)."""
+        """Start the flusher and the listener in this process (after the server forks, never before)."""
         self._queue: queue.SimpleQueue[Pending] = queue.SimpleQueue()
         self._waiting: dict[str, Pending] = {}
         self.channel = f"{self._channel_prefix}reply:{uuid.uuid4().hex}"

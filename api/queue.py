@@ -20,7 +20,11 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-UNAVAILABLE = "the task queue is unreachable; try again shortly"
+
+def unavailable() -> ApiError:
+    """Return the 503 for a broker or result backend that does not answer; nothing was queued."""
+    return ApiError(503, "QueueUnavailable", "the task queue is unreachable; try again shortly",
+                    headers={"Retry-After": "1"})
 
 
 class TimedOut(Exception):
@@ -95,7 +99,7 @@ class IrisQueue:
             depth = self.queue_depth()
         except Exception as exc:
             log.warning("broker unreachable: %s", exc)
-            raise ApiError(503, "QueueUnavailable", UNAVAILABLE, headers={"Retry-After": "1"}) from None
+            raise unavailable() from None
         if depth >= self.settings.queue_max_length:
             raise ApiError(503, "QueueFull", f"the queue holds {depth} tasks; try again shortly",
                            headers={"Retry-After": "1"})
@@ -119,7 +123,7 @@ class IrisQueue:
             raise TimedOut(pending.task_id)
         if pending.error is not None:
             if pending.error.get("raised") == "QueueUnavailable":
-                raise ApiError(503, "QueueUnavailable", UNAVAILABLE, headers={"Retry-After": "1"})
+                raise unavailable()
             raise ApiError(500, "TaskFailed", "the worker could not classify this request",
                            data={"task_id": pending.task_id})
         return pending.task_id, pending.result
@@ -134,7 +138,7 @@ class IrisQueue:
                                   queue=self.settings.iris_queue)
         except Exception as exc:
             log.warning("cannot enqueue %s: %s", task_id, exc)
-            raise ApiError(503, "QueueUnavailable", UNAVAILABLE, headers={"Retry-After": "1"}) from None
+            raise unavailable() from None
         return task_id
 
     def classify_batch(self, payloads: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
@@ -146,7 +150,7 @@ class IrisQueue:
                                            queue=self.settings.iris_queue)
         except Exception as exc:
             log.warning("cannot enqueue batch %s: %s", task_id, exc)
-            raise ApiError(503, "QueueUnavailable", UNAVAILABLE, headers={"Retry-After": "1"}) from None
+            raise unavailable() from None
         try:
             answers = result.get(timeout=self.settings.sync_timeout_seconds, propagate=False)
         except Exception:
@@ -163,7 +167,7 @@ class IrisQueue:
         try:
             self.remember(task_id, ttl)
         except redis.RedisError:
-            raise ApiError(503, "QueueUnavailable", UNAVAILABLE, headers={"Retry-After": "1"}) from None
+            raise unavailable() from None
 
     # -- polling --------------------------------------------------------------------------------
 
