@@ -2,7 +2,6 @@
 
 from celery import Celery
 
-from shared import tasks
 from shared.settings import Settings, get_settings
 
 
@@ -45,5 +44,3 @@ def create_celery(settings: Settings | None = None, name: str = "iris") -> Celer
     )
     return app
 
-
-__all__ = ["create_celery", "tasks"]

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app, request, url_for
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import UnsupportedMediaType
 
-from api.envelope import ApiError, failure, success
+from api.envelope import ApiError, success
 from api.queue import TimedOut, get_queue
 from shared.schemas import BatchPayload, ClassifyPayload, format_validation_error
 
@@ -29,13 +29,13 @@ def _poll_url(task_id: str) -> str:
     return url_for("tasks.task_status", task_id=task_id)
 
 
-def _timed_out(task_id: str) -> Response:
-    """Answer 504 with the id and where to poll: the task stays queued and will be answered."""
+def _timed_out(task_id: str) -> ApiError:
+    """Describe a 504 with the id and where to poll: the task stays queued and will be answered."""
     location = _poll_url(task_id)
     seconds = get_queue().settings.sync_timeout_seconds
-    return failure(504, "Timeout", "ApiClassify", f"no worker answered within {seconds:g} s; poll status_url",
-                   data={"task_id": task_id, "status": "PENDING", "status_url": location},
-                   headers={"Location": location})
+    return ApiError(504, "Timeout", f"no worker answered within {seconds:g} s; poll status_url",
+                    data={"task_id": task_id, "status": "PENDING", "status_url": location},
+                    headers={"Location": location})
 
 
 @bp.post("")
@@ -45,7 +45,7 @@ def classify() -> Response:
     try:
         task_id, result = get_queue().classify(payload.row())
     except TimedOut as exc:
-        return _timed_out(exc.task_id)
+        raise _timed_out(exc.task_id) from None
     return success({**result, "task_id": task_id})
 
 
@@ -70,5 +70,5 @@ def classify_batch() -> Response:
     try:
         _, answers = get_queue().classify_batch(payloads)
     except TimedOut as exc:
-        return _timed_out(exc.task_id)
+        raise _timed_out(exc.task_id) from None
     return success(answers)
