@@ -36,7 +36,7 @@ def _load_model(**_: Any) -> None:
 
 def _warm_child(**_: Any) -> None:
     """Run one prediction in each forked pool process so its first task is not the slow one."""
-    served_model().predict_rows([[5.1, 3.5, 1.4, 0.2]])
+    served_model().warm()
 
 
 @inspect_command(name=names.MODEL_INFO_COMMAND)

@@ -73,6 +73,10 @@ class ServedModel:
         return {"model_name": self.name, "model_version": self.version, "model_run_id": self.run_id,
                 "labels": self.labels, "loaded_at": self.loaded_at}
 
+    def warm(self) -> None:
+        """Run one prediction so the first real task does not pay for lazy initialisation."""
+        self.predict_rows([[5.1, 3.5, 1.4, 0.2]])
+
     def predict_rows(self, rows: list[list[float]] | np.ndarray) -> list[dict[str, Any]]:
         """Predict rows given in FEATURES order with one vectorised call; answer in order."""
         matrix = np.asarray(rows, dtype=np.float64).reshape(-1, len(FEATURES))[:, self.columns]
@@ -111,7 +115,7 @@ def load_served_model(settings: Settings) -> ServedModel:
     warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
     model = ServedModel(estimator=estimator, name=settings.iris_model_name, version=str(version.version),
                         run_id=str(version.run_id))
-    model.predict_rows([[5.1, 3.5, 1.4, 0.2]])
+    model.warm()
     print(f"iris worker: serving {settings.iris_model_name} version {model.version} "
           f"(run {model.run_id}) from {settings.mlflow_tracking_uri}", file=sys.stderr, flush=True)
     return model

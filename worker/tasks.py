@@ -47,15 +47,15 @@ def register_tasks(app: Celery, model: Callable[[], ServedModel]) -> None:
     @app.task(name=names.CLASSIFY_ROWS, ignore_result=True)
     def classify_rows(rows: list[list[float]], task_ids: list[str], reply_to: str | None = None) -> None:
         """Predict rows gathered by an API process and answer each under its own task id."""
-        expires = get_settings().row_result_expires_seconds
+        stored: list[Any]
+        outcome: dict[str, Any]
         try:
             if len(rows) != len(task_ids):
                 raise PayloadValidationError(f"{len(rows)} rows for {len(task_ids)} task ids")
-            results = model().predict_rows(rows)
+            stored = model().predict_rows(rows)
+            state, outcome = states.SUCCESS, {"results": stored}
         except Exception as exc:
-            error = {"raised": type(exc).__name__, "message": str(exc)}
-            reply = (reply_to, orjson.dumps({"ids": task_ids, "error": error})) if reply_to else None
-            store_many(app.backend, task_ids, [exc] * len(task_ids), states.FAILURE, reply, expires)
-            return
-        reply = (reply_to, orjson.dumps({"ids": task_ids, "results": results})) if reply_to else None
-        store_many(app.backend, task_ids, results, states.SUCCESS, reply, expires)
+            stored = [exc] * len(task_ids)
+            state, outcome = states.FAILURE, {"error": {"raised": type(exc).__name__, "message": str(exc)}}
+        reply = (reply_to, orjson.dumps({"ids": task_ids, **outcome})) if reply_to else None
+        store_many(app.backend, task_ids, stored, state, reply, get_settings().row_result_expires_seconds)
