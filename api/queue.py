@@ -1,5 +1,6 @@
 """The API's side of the queue: enqueue by task name, wait, poll, and check the workers' health."""
 
+import contextlib
 import logging
 import threading
 import time
@@ -56,6 +57,7 @@ class IrisQueue:
         self._depth: tuple[float, int] = (0.0, 0)
         self._ready: tuple[float, dict[str, Any] | None] = (0.0, None)
         self._producer: Any = None
+        self._probe: tuple[Any, Any] | None = None
         app.extensions["iris_queue"] = self
 
     # -- enqueueing -------------------------------------------------------------------------------
@@ -66,8 +68,10 @@ class IrisQueue:
             self._producer = self.celery.producer_pool.acquire(block=True, timeout=2)
         try:
             # argsrepr: Celery would otherwise repr() every row into the message headers.
+            # ignore_result: the answers come on reply_to; otherwise Celery subscribes to, and later
+            # unsubscribes from, a result channel for every batch.
             self.celery.send_task(tasks.CLASSIFY_ROWS, args=[rows, task_ids, reply_to], queue=self.settings.iris_queue,
-                                  argsrepr=f"({len(rows)} rows)", producer=self._producer)
+                                  argsrepr=f"({len(rows)} rows)", producer=self._producer, ignore_result=True)
         except Exception:
             producer, self._producer = self._producer, None
             producer.release()
@@ -83,15 +87,29 @@ class IrisQueue:
         if time.monotonic() - checked < max_age or not self._depth_lock.acquire(blocking=max_age == 0):
             return depth
         try:
-            with self.celery.pool.acquire(block=True, timeout=2) as conn, conn.channel() as channel:
-                try:
-                    depth = channel.queue_declare(self.settings.iris_queue, passive=True).message_count
-                except ChannelError:
-                    depth = 0  # no worker has declared the queue yet: nothing is waiting in it
+            if self._probe is None:
+                # One connection and channel for this, reused: opening them costs more than the question.
+                conn = self.celery.connection_for_read()
+                self._probe = (conn, conn.channel())
+            try:
+                depth = self._probe[1].queue_declare(self.settings.iris_queue, passive=True).message_count
+            except ChannelError:
+                self._close_probe()  # AMQP closes a channel that asked about a missing queue
+                depth = 0  # no worker has declared the queue yet: nothing is waiting in it
             self._depth = (time.monotonic(), depth)
             return depth
+        except Exception:
+            self._close_probe()
+            raise
         finally:
             self._depth_lock.release()
+
+    def _close_probe(self) -> None:
+        """Drop the queue-depth connection, so the next reading opens a fresh one."""
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            with contextlib.suppress(Exception):
+                probe[0].release()
 
     def _admit(self) -> None:
         """Refuse new work while the queue is full or the broker is down: a 503 loses nothing."""

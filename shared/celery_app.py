@@ -2,6 +2,7 @@
 
 from celery import Celery
 
+from shared.redis_transport import TRANSPORT as REDIS_TRANSPORT
 from shared.settings import Settings, get_settings
 
 
@@ -42,5 +43,7 @@ def create_celery(settings: Settings | None = None, name: str = "iris") -> Celer
         task_time_limit=60,
         task_soft_time_limit=30,
     )
+    if settings.celery_broker_url.startswith(("redis://", "rediss://")) and ";" not in settings.celery_broker_url:
+        app.conf.broker_transport = REDIS_TRANSPORT  # kombu's transport, minus a client per publish and ack
     return app
 
