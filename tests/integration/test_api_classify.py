@@ -1,10 +1,13 @@
 """The HTTP contract end to end: Flask app -> Redis -> celery worker -> MLflow champion."""
 
+import time
 import uuid
 
+import redis
 from flask.testing import FlaskClient
 
 from shared.schemas import LABELS
+from shared.settings import Settings
 from tests.helpers import SEED_EXAMPLE, poll_until_done
 
 
@@ -58,6 +61,14 @@ def test_sync_task_ids_can_be_polled_afterwards(client: FlaskClient) -> None:
     task_id = client.post("/v1/classify", json=SEED_EXAMPLE).get_json()["data"]["task_id"]
     data = client.get(f"/v1/tasks/{task_id}").get_json()["data"]
     assert data["status"] == "SUCCESS" and data["result"]["pred_label"] == "Iris-virginica"
+
+
+def test_a_sync_request_stores_one_result_under_its_own_task_id(client: FlaskClient, settings: Settings) -> None:
+    backend = redis.Redis.from_url(settings.celery_result_backend)
+    before = set(backend.scan_iter("celery-task-meta-*"))
+    task_id = client.post("/v1/classify", json=SEED_EXAMPLE).get_json()["data"]["task_id"]
+    time.sleep(0.5)  # the batch message's own result, if any were stored, would land after the reply
+    assert set(backend.scan_iter("celery-task-meta-*")) - before == {f"celery-task-meta-{task_id}".encode()}
 
 
 def test_unknown_task_id_is_a_404(client: FlaskClient) -> None:
