@@ -1,6 +1,7 @@
 """The Flask front of the Iris service: validate, enqueue by task name, answer in the seed's envelope."""
 
 import logging
+import sys
 
 from flask import Flask
 
@@ -14,6 +15,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     from api.routes import classify, health, tasks
 
     settings = settings or get_settings()
+    # Each request thread waits for its reply and wakes when it comes, so many threads want the GIL at
+    # once; a forced hand-off every 5 ms (CPython's default) costs two context switches each time, and
+    # here they hand it over when they block anyway. Measured: +7% req/s at 50 ms (README, Performance).
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     logging.basicConfig(level=settings.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = Flask(__name__, static_folder=None)
     app.config.update(

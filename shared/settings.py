@@ -20,7 +20,9 @@ class Settings(BaseSettings):
     port: int = Field(9191, ge=1, le=65535)
     api_host: str = "0.0.0.0"
     web_concurrency: int = Field(2, ge=1)
-    web_threads: int = Field(32, ge=1)
+    web_threads: int = Field(16, ge=1)
+    # CPython forces a GIL hand-off every 5 ms by default; the API's threads block on every request anyway.
+    gil_switch_interval_ms: float = Field(50.0, gt=0)
     tag: str = "0.0.0"
     loglevel: str = "INFO"
     sync_timeout_seconds: float = Field(10.0, gt=0)
