@@ -29,6 +29,13 @@ def unavailable() -> ApiError:
                     headers={"Retry-After": "1"})
 
 
+def _release(kept: tuple[Any, Any] | None) -> None:
+    """Release a kept (connection, channel) pair; a connection that already died is fine."""
+    if kept is not None:
+        with contextlib.suppress(Exception):
+            kept[0].release()
+
+
 class TimedOut(Exception):
     """The sync wait ended before a worker answered; the task is still queued under ``task_id``."""
 
@@ -103,10 +110,8 @@ class IrisQueue:
 
     def _close_batch_channel(self) -> None:
         """Drop the flusher's connection, so the next batch opens a fresh one."""
-        batch, self._batch = self._batch, None
-        if batch is not None:
-            with contextlib.suppress(Exception):
-                batch[0].release()
+        kept, self._batch = self._batch, None
+        _release(kept)
 
     def queue_depth(self, max_age: float = 0.25) -> int:
         """Return the queue's length, asking the broker at most every ``max_age`` seconds.
@@ -137,10 +142,8 @@ class IrisQueue:
 
     def _close_probe(self) -> None:
         """Drop the queue-depth connection, so the next reading opens a fresh one."""
-        probe, self._probe = self._probe, None
-        if probe is not None:
-            with contextlib.suppress(Exception):
-                probe[0].release()
+        kept, self._probe = self._probe, None
+        _release(kept)
 
     def _admit(self) -> None:
         """Refuse new work while the queue is full or the broker is down: a 503 loses nothing."""
