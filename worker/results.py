@@ -1,5 +1,6 @@
 """Store per-row results under their own task ids, in Celery's result format, in one round trip."""
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ def _meta(backend: Any, task_id: str, result: Any, state: str, date_done: str) -
 
 def store_many(backend: Any, task_ids: Sequence[str], results: Sequence[Any], state: str,
                reply: tuple[str, bytes] | None = None, expires: int | None = None) -> None:
-    """Write each id's result, and send ``reply`` (channel, message), in one round trip on Redis.
+    """Write each id's result, and send ``reply`` (channel, message), in one script call on Redis.
 
     Unlike Celery's own store, this does not PUBLISH per id: the waiting API process gets the whole
     batch on its reply channel, and anyone else reads these results by polling (GET /v1/tasks/<id>).
@@ -29,12 +30,34 @@ def store_many(backend: Any, task_ids: Sequence[str], results: Sequence[Any], st
         return  # other backends have no channel to reply on: the API falls back to reading results
 
     date_done = backend.app.now().isoformat()
-    expires = expires or backend.expires or None
-    with backend.client.pipeline(transaction=False) as pipe:
-        for task_id, result in zip(task_ids, results, strict=True):
-            # The backend is JSON-only (shared.celery_app), and orjson writes the same JSON several times faster.
-            value = orjson.dumps(_meta(backend, task_id, result, state, date_done))
-            pipe.set(backend.get_key_for_task(task_id), value, ex=expires)
-        if reply is not None:
-            pipe.publish(*reply)
-        pipe.execute()
+    ttl = expires or backend.expires or 0
+    # The backend is JSON-only (shared.celery_app), and orjson writes the same JSON several times faster.
+    values = [orjson.dumps(_meta(backend, task_id, result, state, date_done))
+              for task_id, result in zip(task_ids, results, strict=True)]
+    channel, message = reply if reply is not None else ("", b"")
+    _store_script(backend.client)(keys=[backend.get_key_for_task(task_id) for task_id in task_ids],
+                                  args=[int(ttl), channel, message, *values])
+
+
+# Redis runs the loop, so the worker packs and parses one command per batch instead of one per row:
+# 375 µs of worker CPU per 7-row batch, against 551 µs for a pipeline of SETs (README, Performance).
+_STORE_AND_REPLY = """
+local ttl = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  if ttl > 0 then
+    redis.call('SET', key, ARGV[i + 3], 'EX', ttl)
+  else
+    redis.call('SET', key, ARGV[i + 3])
+  end
+end
+if ARGV[2] ~= '' then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return #KEYS
+"""
+
+
+@functools.lru_cache(maxsize=4)
+def _store_script(client: Any) -> Any:
+    """Register the store-and-reply script on ``client`` once (redis-py sends EVALSHA, then EVAL if needed)."""
+    return client.register_script(_STORE_AND_REPLY)
