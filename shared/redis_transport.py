@@ -18,7 +18,7 @@ class Channel(kombu_redis.Channel):
     def _create_client(self, asynchronous: bool = False) -> Any:
         """Return this channel's client for the current pool, creating it once per pool."""
         pool = self.async_pool if asynchronous else self.pool
-        cache: dict[int, tuple[Any, Any]] = self.__dict__.setdefault("_iris_clients", {})
+        cache: dict[bool, tuple[Any, Any]] = self.__dict__.setdefault("_iris_clients", {})
         cached = cache.get(asynchronous)
         # After a fork or a reconnect kombu replaces the pool: a client of the old pool must not be reused.
         if cached is None or cached[0] is not pool:
