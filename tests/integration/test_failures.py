@@ -5,8 +5,20 @@ import sys
 import time
 from pathlib import Path
 
+from flask.testing import FlaskClient
+
 from api import create_app
 from tests.helpers import ROOT, SEED_EXAMPLE, WorkerProcess, make_settings, poll_until_done
+
+
+def assert_a_new_worker_answers(env: dict[str, str], queue: str, client: FlaskClient, status_url: str) -> None:
+    """Start a fresh worker on ``queue`` and check that the task queued at ``status_url`` then succeeds."""
+    worker = WorkerProcess(env, queue=queue).start()
+    try:
+        data = poll_until_done(client, status_url)
+        assert data["status"] == "SUCCESS" and data["result"]["pred_label"] == "Iris-virginica"
+    finally:
+        worker.stop()
 
 
 def test_stopped_worker_gives_504_with_a_poll_url_that_later_succeeds(lonely_env: dict[str, str]) -> None:
@@ -23,9 +35,7 @@ def test_stopped_worker_gives_504_with_a_poll_url_that_later_succeeds(lonely_env
         assert resp.headers["Location"] == status_url == f"/v1/tasks/{body['data']['task_id']}"
         assert client.get(status_url).get_json()["data"]["status"] == "PENDING"
 
-        worker = WorkerProcess(lonely_env, queue="iris-stop").start()
-        data = poll_until_done(client, status_url)
-        assert data["status"] == "SUCCESS" and data["result"]["pred_label"] == "Iris-virginica"
+        assert_a_new_worker_answers(lonely_env, "iris-stop", client, status_url)
     finally:
         worker.stop()
 
@@ -45,9 +55,7 @@ def test_dead_worker_makes_readyz_503_and_queued_work_survives(lonely_env: dict[
         status_url = accepted.headers["Location"]
         assert client.get(status_url).get_json()["data"]["status"] == "PENDING"
 
-        worker = WorkerProcess(lonely_env, queue="iris-dead").start()
-        data = poll_until_done(client, status_url)
-        assert data["status"] == "SUCCESS" and data["result"]["pred_label"] == "Iris-virginica"
+        assert_a_new_worker_answers(lonely_env, "iris-dead", client, status_url)
     finally:
         worker.stop()
 
