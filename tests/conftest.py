@@ -6,12 +6,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from shared.settings import Settings, get_settings
-from tests.helpers import ROOT, WorkerProcess, free_port, make_settings
+from tests.helpers import ROOT, RedisServer, WorkerProcess, free_port, make_settings
 
 # Tests keep to their own databases of whatever Redis answers, and empty them before and after.
 # DB 13 is a broker no shared worker listens on, for tests that need an empty or dead queue.
@@ -105,3 +106,17 @@ def _fresh_settings_cache() -> Iterator[None]:
 def lonely_env(stack_env: dict[str, str], redis_base: str) -> dict[str, str]:
     """Environment whose broker no shared worker listens on; the test starts and stops its own."""
     return {**stack_env, "CELERY_BROKER_URL": f"{redis_base}/{LONELY_BROKER_DB}"}
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, with AOF, that the test may stop, restart or pause."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def private_env(stack_env: dict[str, str], private_redis: RedisServer) -> dict[str, str]:
+    """Environment whose broker and result backend are ``private_redis`` (DBs 0 and 1)."""
+    return {**stack_env, "CELERY_BROKER_URL": private_redis.url(0), "CELERY_RESULT_BACKEND": private_redis.url(1)}

@@ -1,5 +1,8 @@
 """Helpers for tests that run the real stack: settings from a test environment, worker subprocesses."""
 
+import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -7,6 +10,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from shared.settings import Settings
 
@@ -104,3 +109,80 @@ class WorkerProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+class RedisServer:
+    """A private ``redis-server`` on a fixed port that a test can stop, restart, pause and resume.
+
+    AOF is on by default (``appendfsync always``), as the compose stack runs Redis, so queued work
+    survives a restart. Extra ``args`` are passed through (``--requirepass``, TLS options, ...).
+    """
+
+    def __init__(self, workdir: Path, aof: bool = True, password: str | None = None,
+                 args: tuple[str, ...] = ()) -> None:
+        self.server = shutil.which("redis-server")
+        if self.server is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.password = password
+        self.aof = aof
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        """Return the ``redis://`` URL of database ``db`` on this server."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+
+    def client(self, db: int = 0) -> "redis.Redis[bytes]":
+        return redis.Redis.from_url(self.url(db), socket_connect_timeout=1, socket_timeout=2)
+
+    def answers(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except redis.RedisError:
+            return False
+
+    def start(self, timeout: float = 10) -> "RedisServer":
+        """Start the server (again) on the same port and directory, and wait until it answers."""
+        argv = [self.server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--dir", str(self.workdir), "--appendonly", "yes" if self.aof else "no",
+                "--appendfsync", "always"]
+        if self.password:
+            argv += ["--requirepass", self.password]
+        self.proc = subprocess.Popen([*argv, *self.args], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not self.answers():
+            assert self.proc.poll() is None, f"redis-server on port {self.port} exited"
+            assert time.monotonic() < deadline, f"redis-server on port {self.port} did not answer"
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        """Shut down as an operator's restart does (SIGTERM: Redis flushes its AOF first)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.resume()
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def kill(self) -> None:
+        """Die at once, as a crashed or OOM-killed Redis does."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open but nothing answers."""
+        if self.proc is not None:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
