@@ -2,6 +2,7 @@
 
 import os
 
+from shared.logs import logging_config
 from shared.settings import get_settings
 
 _settings = get_settings()
@@ -16,5 +17,12 @@ keepalive = 5
 timeout = max(30, int(_settings.sync_timeout_seconds) + 10)
 graceful_timeout = 10
 loglevel = _settings.loglevel.lower()
-accesslog = os.environ.get("ACCESS_LOG") or None
+# The app writes its own JSON access line when ACCESS_LOG=1 (api/access_log.py); gunicorn's would repeat it.
+accesslog = None
 errorlog = "-"
+# JSON lines for the app and for gunicorn's own error log, set up once in the master before it forks.
+logconfig_dict = logging_config(_settings.loglevel, {
+    "gunicorn.error": {"level": _settings.loglevel.upper(), "propagate": True},
+    # gunicorn writes its access line whenever logconfig_dict is set; WARNING mutes it (the app's is enough).
+    "gunicorn.access": {"level": "WARNING", "propagate": True},
+})

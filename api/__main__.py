@@ -9,6 +9,7 @@ from granian.constants import Interfaces
 from granian.log import LogLevels
 from granian.server import Server
 
+from shared.logs import logging_config
 from shared.settings import get_settings
 
 
@@ -16,6 +17,9 @@ def main() -> None:
     """Start the server in the foreground until SIGINT or SIGTERM."""
     settings = get_settings()
     level = settings.loglevel.lower()
+    # granian applies this in the main process and again in each worker process: JSON lines everywhere,
+    # its own loggers included.
+    server_loggers = {"_granian": {"level": settings.loglevel.upper(), "propagate": True}}
     Server(
         "api:create_app",
         factory=True,
@@ -29,6 +33,7 @@ def main() -> None:
         respawn_failed_workers=True,
         workers_kill_timeout=15,
         log_level=LogLevels(level) if level in LogLevels.__members__ else LogLevels.info,
+        log_dictconfig=logging_config(settings.loglevel, server_loggers),
     ).serve()
 
 

@@ -18,18 +18,21 @@ from typing import Any
 
 import orjson
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
 
 class Pending:
-    """One request's row, its task id and, once answered, its result or error."""
+    """One request's row, its task id, its request id and, once answered, its result or error."""
 
-    __slots__ = ("_done", "enqueued", "error", "result", "row", "task_id")
+    __slots__ = ("_done", "enqueued", "error", "request_id", "result", "row", "task_id")
 
-    def __init__(self, row: list[float]) -> None:
+    def __init__(self, row: list[float], request_id: str | None = None) -> None:
         self.task_id = str(uuid.uuid4())
         self.row = row
+        self.request_id = request_id
         self.enqueued = time.monotonic()
         # A bare lock, held until the answer comes: a fraction of threading.Event's cost on the hot path.
         self._done = threading.Lock()
@@ -48,8 +51,8 @@ class Pending:
         return self._done.acquire(timeout=timeout)
 
 
-# Publish a batch: (rows, task_ids, reply_channel) -> None; raises when the broker is unreachable.
-Publisher = Callable[[list[list[float]], list[str], str], None]
+# Publish a batch: (rows, task_ids, reply_channel, request_ids) -> None; raises when the broker is unreachable.
+Publisher = Callable[[list[list[float]], list[str], str, list[str | None]], None]
 
 
 class EdgeBatcher:
@@ -77,19 +80,22 @@ class EdgeBatcher:
         self._slots = threading.BoundedSemaphore(self._max_in_flight)
         # First task id of each batch holding a slot -> when it was sent; the reply frees the slot.
         self._in_flight: dict[str, float] = {}
-        self._redis = redis.Redis.from_url(self._redis_url, socket_connect_timeout=2, health_check_interval=10)
+        # No socket timeout: the listener waits for replies for as long as it takes. No retry with backoff
+        # either: its own loop reconnects every 0.5 s, so it is back within that once Redis is.
+        self._redis = redis.Redis.from_url(self._redis_url, socket_connect_timeout=1, health_check_interval=10,
+                                           socket_keepalive=True, retry=Retry(NoBackoff(), 0))
         threading.Thread(target=self._listen, name="iris-reply-listener", daemon=True).start()
         threading.Thread(target=self._flush_forever, name="iris-batch-flusher", daemon=True).start()
-        self._subscribed.wait(2.0)
+        self._subscribed.wait(1.0)  # the first request waits this long at most for the subscription
 
-    def submit(self, row: list[float]) -> Pending:
-        """Queue one row for the next batch and return its pending handle."""
+    def submit(self, row: list[float], request_id: str | None = None) -> Pending:
+        """Queue one row (of request ``request_id``) for the next batch and return its pending handle."""
         if self._pid != os.getpid():
             with self._lock:
                 if self._pid != os.getpid():
                     self._start()
                     self._pid = os.getpid()
-        pending = Pending(row)
+        pending = Pending(row, request_id)
         self._waiting[pending.task_id] = pending
         self._queue.put(pending)
         return pending
@@ -131,7 +137,8 @@ class EdgeBatcher:
             if slot:
                 self._in_flight[key] = time.monotonic()
             try:
-                self._publish([p.row for p in batch], [p.task_id for p in batch], self.channel)
+                self._publish([p.row for p in batch], [p.task_id for p in batch], self.channel,
+                              [p.request_id for p in batch])
             except Exception as exc:
                 self._release(key)
                 log.warning("cannot enqueue a batch of %d: %s", len(batch), exc)

@@ -15,9 +15,13 @@ from kombu import serialization
 from kombu.exceptions import ChannelError
 
 from api.batcher import EdgeBatcher
+from api.circuit import REDIS_DOWN, Circuit
 from api.envelope import ApiError
+from api.fail_fast import bound_celery, redis_client
+from api.readiness import WorkerCheck, not_ready
 from shared import tasks
 from shared.celery_app import create_celery
+from shared.logs import current_request_id, set_task_id
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,32 +59,43 @@ class IrisQueue:
         """Create the clients; nothing connects until the first request."""
         self.settings = settings
         self.celery: Celery = create_celery(settings)
-        self.results = redis.Redis.from_url(settings.celery_result_backend, socket_connect_timeout=1,
-                                            socket_timeout=2)
+        bound_celery(self.celery, settings.api_redis_timeout_seconds)
+        self.results = redis_client(settings.celery_result_backend, settings.api_redis_timeout_seconds)
+        self.circuit = Circuit(open_seconds=1.0)
+        self.worker_check = WorkerCheck(self.celery)
         self.batcher = EdgeBatcher(self._publish_rows, settings.celery_result_backend, settings.key_prefix,
                                    settings.batch_max_size, settings.batch_max_wait_ms,
                                    settings.batch_max_in_flight,
                                    reply_timeout=min(settings.sync_timeout_seconds, 2.0))
         self._depth_lock = threading.Lock()
         self._depth: tuple[float, int] = (0.0, 0)
-        self._ready: tuple[float, dict[str, Any] | None] = (0.0, None)
         self._batch: tuple[Any, Any] | None = None
         self._probe: tuple[Any, Any] | None = None
         app.extensions["iris_queue"] = self
 
     # -- enqueueing -------------------------------------------------------------------------------
 
-    def _publish_rows(self, rows: list[list[float]], task_ids: list[str], reply_to: str) -> None:
+    def _down(self) -> ApiError:
+        """Note that Redis failed (the next second's requests answer 503 at once) and return the 503."""
+        self.circuit.trip()
+        return unavailable()
+
+    def _publish_rows(self, rows: list[list[float]], task_ids: list[str], reply_to: str,
+                      request_ids: list[str | None]) -> None:
         """Send one edge batch as a single ``iris.classify_rows`` task message.
 
         The message is the one ``send_task`` builds, put on a channel the flusher thread keeps. It skips
         send_task's per-call queue declaration and publish wrappers, which cost more than the publish.
+        ``request_ids`` (aligned with ``task_ids``) travels as a header that older workers ignore.
         """
+        if self.circuit.is_open():
+            raise unavailable()
         headers, properties, body, _ = self.celery.amqp.as_task_v2(
             str(uuid.uuid4()), tasks.CLASSIFY_ROWS, args=[rows, task_ids, reply_to],
             # argsrepr: Celery would otherwise repr() every row into the headers. ignore_result: the
             # answers go to reply_to and each row's own id, never to this message's id.
             argsrepr=f"({len(rows)} rows)", ignore_result=True)
+        headers["request_ids"] = request_ids
         content_type, encoding, data = serialization.dumps(body, "json")
         for attempt in (1, 2):  # a kept connection may have gone stale: retry once on a fresh one
             try:
@@ -89,9 +104,11 @@ class IrisQueue:
                                                   {**properties, "delivery_mode": 2})  # persistent
                 channel.basic_publish(message, exchange="", routing_key=self.settings.iris_queue)
                 return
-            except Exception:
+            except Exception as exc:
                 self._close_batch_channel()
-                if attempt == 2:
+                # A hung Redis times out again on a fresh connection: only a dropped one is worth a retry.
+                if attempt == 2 or isinstance(exc, redis.TimeoutError):
+                    self.circuit.trip()
                     raise
 
     def _batch_channel(self) -> Any:
@@ -99,7 +116,7 @@ class IrisQueue:
         if self._batch is None:
             conn = self.celery.connection_for_write()
             try:
-                channel = conn.channel()
+                channel = conn.default_channel  # connects under the transport options: no retry, no sleep
                 # On AMQP a message for an undeclared queue is dropped; on Redis this is a cheap no-op.
                 self.celery.amqp.queues[self.settings.iris_queue].bind(channel).declare()
             except Exception:
@@ -126,7 +143,7 @@ class IrisQueue:
             if self._probe is None:
                 # One connection and channel for this, reused: opening them costs more than the question.
                 conn = self.celery.connection_for_read()
-                self._probe = (conn, conn.channel())
+                self._probe = (conn, conn.default_channel)
             try:
                 depth = self._probe[1].queue_declare(self.settings.iris_queue, passive=True).message_count
             except ChannelError:
@@ -147,11 +164,13 @@ class IrisQueue:
 
     def _admit(self) -> None:
         """Refuse new work while the queue is full or the broker is down: a 503 loses nothing."""
+        if self.circuit.is_open():
+            raise unavailable()
         try:
             depth = self.queue_depth()
         except Exception as exc:
             log.warning("broker unreachable: %s", exc)
-            raise unavailable() from None
+            raise self._down() from None
         if depth >= self.settings.queue_max_length:
             raise ApiError(503, "QueueFull", f"the queue holds {depth} tasks; try again shortly",
                            headers={"Retry-After": "1"})
@@ -164,7 +183,8 @@ class IrisQueue:
     def classify(self, row: list[float]) -> tuple[str, dict[str, Any]]:
         """Classify one row through the edge batcher and wait up to SYNC_TIMEOUT_SECONDS."""
         self._admit()
-        pending = self.batcher.submit(row)
+        pending = self.batcher.submit(row, current_request_id())
+        set_task_id(pending.task_id)
         if not pending.wait(self.settings.sync_timeout_seconds):
             self.batcher.forget(pending)
             # The reply may have been missed while the listener reconnected: the backend has the truth.
@@ -184,25 +204,27 @@ class IrisQueue:
         """Queue one classification as its own task and return its id at once."""
         self._admit()
         task_id = str(uuid.uuid4())
+        set_task_id(task_id)
         try:
             self.remember(task_id)
             self.celery.send_task(tasks.CLASSIFY, args=[payload], task_id=task_id,
-                                  queue=self.settings.iris_queue)
+                                  queue=self.settings.iris_queue, headers=_request_header())
         except Exception as exc:
             log.warning("cannot enqueue %s: %s", task_id, exc)
-            raise unavailable() from None
+            raise self._down() from None
         return task_id
 
     def classify_batch(self, payloads: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
         """Classify many rows in one task and wait for the list of answers."""
         self._admit()
         task_id = str(uuid.uuid4())
+        set_task_id(task_id)
         try:
             result = self.celery.send_task(tasks.CLASSIFY_BATCH, args=[payloads], task_id=task_id,
-                                           queue=self.settings.iris_queue)
+                                           queue=self.settings.iris_queue, headers=_request_header())
         except Exception as exc:
             log.warning("cannot enqueue batch %s: %s", task_id, exc)
-            raise unavailable() from None
+            raise self._down() from None
         try:
             answers = result.get(timeout=self.settings.sync_timeout_seconds, propagate=False)
         except Exception:
@@ -219,7 +241,7 @@ class IrisQueue:
         try:
             self.remember(task_id, ttl)
         except redis.RedisError:
-            raise unavailable() from None
+            raise self._down() from None
 
     # -- polling --------------------------------------------------------------------------------
 
@@ -231,44 +253,48 @@ class IrisQueue:
             return {"status": states.PENDING, "result": None}
 
     def status(self, task_id: str) -> dict[str, Any] | None:
-        """Return a task's state, or None for an id this service never issued."""
+        """Return a task's state, or None for an id this service never issued; 503 while Redis is down."""
+        if self.circuit.is_open():
+            raise unavailable()
         result = AsyncResult(task_id, app=self.celery)
-        state = result.state
-        if state == states.PENDING and not self.results.exists(f"{self.settings.key_prefix}task:{task_id}"):
-            return None
+        try:
+            state = result.state
+            if state == states.PENDING and not self.results.exists(f"{self.settings.key_prefix}task:{task_id}"):
+                return None
+        except REDIS_DOWN as exc:
+            log.warning("cannot read task %s: %s", task_id, exc)
+            raise self._down() from None
         body: dict[str, Any] = {"task_id": task_id, "status": state, "result": None, "error": None}
         if state == states.SUCCESS:
             body["result"] = result.result
         elif state in states.PROPAGATE_STATES:
-            exc = result.result
-            body["error"] = {"raised": type(exc).__name__, "message": str(exc)}
+            failure = result.result
+            body["error"] = {"raised": type(failure).__name__, "message": str(failure)}
         return body
 
     # -- health ---------------------------------------------------------------------------------
 
-    def readiness(self, max_age: float = 2.0) -> dict[str, Any]:
-        """Check Redis and that at least one worker with a loaded model answers; raise ApiError if not."""
-        checked, ready = self._ready
-        if ready is not None and time.monotonic() - checked < max_age:
-            return ready
+    def readiness(self) -> dict[str, Any]:
+        """Check Redis and that at least one worker with a loaded model answers; raise a 503 if not."""
+        if self.circuit.is_open():
+            raise not_ready("QueueUnavailable", "Redis does not answer")
         try:
             self.results.ping()
             self.queue_depth(max_age=0)
         except Exception as exc:
             log.warning("readiness: Redis unreachable: %s", exc)
-            raise ApiError(503, "QueueUnavailable", "Redis does not answer") from None
-        try:
-            replies = self.celery.control.broadcast(tasks.MODEL_INFO_COMMAND, reply=True, timeout=1.5, limit=1)
-        except Exception as exc:
-            log.warning("readiness: broadcast failed: %s", exc)
-            replies = []
-        workers = {name: info for reply in replies or [] for name, info in reply.items()
-                   if isinstance(info, dict) and info.get("model_version")}
+            self.circuit.trip()
+            raise not_ready("QueueUnavailable", "Redis does not answer") from None
+        workers = self.worker_check.workers()
         if not workers:
-            raise ApiError(503, "NoWorkers", "no worker with a loaded model answered")
-        ready = {"status": "ready", "workers": workers, "queue_depth": self._depth[1]}
-        self._ready = (time.monotonic(), ready)
-        return ready
+            raise not_ready("NoWorkers", "no worker with a loaded model answered")
+        return {"status": "ready", "workers": workers, "queue_depth": self._depth[1]}
+
+
+def _request_header() -> dict[str, str] | None:
+    """Return the Celery message headers naming this request, so the worker's log lines carry its id."""
+    request_id = current_request_id()
+    return {"request_id": request_id} if request_id is not None else None
 
 
 def get_queue() -> IrisQueue:

@@ -2,7 +2,7 @@
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,7 +30,10 @@ class Settings(BaseSettings):
     # Sync rows are answered in-band; their stored copies only serve 504 poll URLs, and at thousands of
     # rows a second an hour of them would hold gigabytes in Redis.
     row_result_expires_seconds: int = Field(600, ge=60)
-    visibility_timeout_seconds: int = Field(300, ge=10)
+    # Redis gives a task back to the queue when its worker has not acknowledged it this long after delivery,
+    # within 5 s more (README, Reliability). Tasks take milliseconds; 120 s is twice task_time_limit (enforced
+    # by the prefork pool only), and brings a dead worker's task back in about 2 minutes.
+    visibility_timeout_seconds: int = Field(120, ge=10)
     queue_max_length: int = Field(10_000, ge=0)
     batch_max_size: int = Field(64, ge=1)
     batch_max_wait_ms: float = Field(10.0, ge=0)
@@ -41,6 +44,23 @@ class Settings(BaseSettings):
     # more processes. threads and prefork measured no better on 2 cores (README, Scaling out).
     worker_pool: str = "solo"
     worker_concurrency: int | None = Field(None, ge=1)
+    # The worker's watchdog (worker/watchdog.py) sends a probe task to the worker's own queue when it has
+    # received nothing for this long, and exits the worker non-zero when a probe it published is not received
+    # within WORKER_WATCHDOG_TIMEOUT_SECONDS: a stalled consumer is replaced by its supervisor.
+    worker_watchdog_interval_seconds: float = Field(1.0, gt=0)
+    worker_watchdog_timeout_seconds: float = Field(6.0, gt=0)
+    # kombu PINGs its pub/sub connection and drops a BRPOP whose reply is overdue every this many seconds,
+    # which heals a half-open connection without a restart (kombu's default is 25).
+    broker_health_check_interval_seconds: int = Field(2, ge=1)
+    # Touched by the watchdog each time the consumer is seen alive; a container health check reads its age.
+    worker_heartbeat_file: str | None = None
+    # Comma-separated keys; when set, /v1/* needs one (Authorization: Bearer <key> or X-API-Key). Unset: open.
+    api_keys: SecretStr | None = None
+    # One JSON line per API request (method, path, status, duration_ms, request_id); off for throughput.
+    access_log: bool = False
+    # The longest the API waits on any one Redis call before it answers 503; nothing retries a timeout. The
+    # slowest path (a publish, then a reconnect's two pings) waits three times this: keep it under 5 s.
+    api_redis_timeout_seconds: float = Field(1.0, gt=0, le=1.5)
 
     @property
     def model_uri(self) -> str:

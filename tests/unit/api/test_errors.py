@@ -115,12 +115,18 @@ def test_redis_down_is_a_fast_503_not_a_hang(client: FlaskClient, path: str) -> 
     assert time.monotonic() - started < 10
 
 
-def test_readyz_is_503_within_5_seconds_when_redis_is_down(client: FlaskClient) -> None:
+def test_readyz_is_503_with_retry_after_within_5_seconds_when_redis_is_down(client: FlaskClient) -> None:
     started = time.monotonic()
     resp = client.get("/readyz")
-    assert resp.status_code == 503
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
     assert_envelope(resp.get_json(), 503, "QueueUnavailable")
     assert time.monotonic() - started < 5
+
+
+def test_polling_a_task_while_redis_is_down_is_a_503_not_a_500(client: FlaskClient) -> None:
+    resp = client.get("/v1/tasks/0f9c2b7e-1d2a-4c3b-9e8f-0123456789ab")
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
+    assert_envelope(resp.get_json(), 503, "QueueUnavailable")
 
 
 def test_livez_answers_without_redis(client: FlaskClient) -> None:
@@ -137,3 +143,28 @@ def test_unexpected_errors_are_a_500_envelope_without_a_trace(app: Flask) -> Non
     assert resp.status_code == 500
     error = assert_envelope(resp.get_json(), 500, "InternalServerError")
     assert "secret internals" not in error["message"]
+    assert resp.headers["X-Request-ID"] in error["message"]  # what an operator greps the log for
+
+
+def test_a_5xx_http_exception_does_not_carry_its_description(app: Flask) -> None:
+    from werkzeug.exceptions import InternalServerError
+
+    @app.get("/abort")
+    def abort() -> None:
+        raise InternalServerError(description="db password is hunter2")
+
+    resp = app.test_client().get("/abort")
+    assert resp.status_code == 500 and "hunter2" not in resp.get_data(as_text=True)
+    assert_envelope(resp.get_json(), 500, "InternalServerError")
+
+
+def test_a_redis_error_no_route_caught_is_a_503_not_a_500(app: Flask) -> None:
+    import redis
+
+    @app.get("/lost")
+    def lost() -> None:
+        raise redis.ConnectionError("Error 111 connecting to 10.0.0.5:6379")
+
+    resp = app.test_client().get("/lost")
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
+    assert "10.0.0.5" not in assert_envelope(resp.get_json(), 503, "QueueUnavailable")["message"]

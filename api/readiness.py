@@ -1,0 +1,68 @@
+"""GET /readyz's check: Redis answers, and at least one worker with a loaded model replies, within seconds."""
+
+import logging
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from celery import Celery
+
+from api.envelope import ApiError
+from shared import tasks
+
+log = logging.getLogger(__name__)
+
+# How long workers get to reply to the model-info broadcast, and how long a request waits for it at most.
+REPLY_SECONDS = 1.5
+WAIT_SECONDS = 2.5
+
+
+def not_ready(raised: str, message: str) -> ApiError:
+    """Return a 503 for /readyz; a load balancer may ask again after Retry-After."""
+    return ApiError(503, raised, message, headers={"Retry-After": "1"})
+
+
+class WorkerCheck:
+    """Ask the workers for their model, at most every ``max_age`` seconds, off the request thread.
+
+    kombu retries the broadcast's publish without limit while Redis refuses, so it runs in one helper
+    thread and the request waits at most WAIT_SECONDS for it; a check still running is joined, not repeated.
+    """
+
+    def __init__(self, celery: Celery, max_age: float = 2.0) -> None:
+        self.celery = celery
+        self.max_age = max_age
+        self._pid: int | None = None
+        self._running: Future[dict[str, Any]] | None = None
+        self._last: tuple[float, dict[str, Any]] = (0.0, {})
+
+    def workers(self) -> dict[str, Any]:
+        """Return {worker name: model info} of the workers that replied; raise a 503 if the check hangs."""
+        checked, workers = self._last
+        if workers and time.monotonic() - checked < self.max_age:
+            return workers
+        if self._pid != os.getpid():  # threads do not survive a fork: one pool per server process
+            self._pool, self._pid, self._running = ThreadPoolExecutor(1, "iris-readiness"), os.getpid(), None
+        if self._running is None or self._running.done():
+            self._running = self._pool.submit(self._ask)
+        try:
+            workers = self._running.result(timeout=WAIT_SECONDS)
+        except FutureTimeout:
+            raise not_ready("QueueUnavailable", "Redis does not answer") from None
+        self._last = (time.monotonic(), workers)
+        return workers
+
+    def _ask(self) -> dict[str, Any]:
+        replies: list[dict[str, Any]] = []
+        for attempt in (1, 2):  # after Redis restarts, the pooled connection fails once; a fresh one answers
+            try:
+                replies = self.celery.control.broadcast(tasks.MODEL_INFO_COMMAND, reply=True,
+                                                        timeout=REPLY_SECONDS, limit=1) or []
+                break
+            except Exception as exc:
+                if attempt == 2:
+                    log.warning("readiness: broadcast failed: %s", exc)
+        return {name: info for reply in replies for name, info in reply.items()
+                if isinstance(info, dict) and info.get("model_version")}
