@@ -1,9 +1,16 @@
 """The Celery app factory used by the API, the workers and any Python client."""
 
+import ssl
+
 from celery import Celery
 
 from shared.redis_transport import TRANSPORT as REDIS_TRANSPORT
 from shared.settings import Settings, get_settings
+
+# What a rediss:// URL means when its query names no ssl_* parameters (those in the URL override this): verify
+# the server against the system's CAs, as redis-py does. Otherwise kombu would connect without verifying, the
+# transport subclass without TLS at all, and Celery's result backend would refuse to start.
+TLS_DEFAULTS = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
 def create_celery(settings: Settings | None = None, name: str = "iris") -> Celery:
@@ -12,6 +19,14 @@ def create_celery(settings: Settings | None = None, name: str = "iris") -> Celer
     app = Celery(name, broker=settings.celery_broker_url, backend=settings.celery_result_backend,
                  set_as_current=False)
     fast_fail = {"socket_timeout": 5, "socket_connect_timeout": 2, "retry_on_timeout": True}
+    # TCP keepalive finds a peer that vanished without a FIN (failover, a proxy that dropped the connection),
+    # and kombu's health checks drop a pub/sub or BRPOP connection that stopped answering. What neither
+    # reaches, worker/watchdog.py catches.
+    keepalive = {"socket_keepalive": True, "health_check_interval": settings.broker_health_check_interval_seconds}
+    # Each worker sweeps overdue unacknowledged messages back to the queue every interval x throttle seconds:
+    # kombu's 10 x 10 added up to 100 s to a dead worker's redelivery; 5 s here. A worker killed mid-sweep
+    # holds the sweep lock until it expires: 30 s, not 300. Overlapping sweeps still restore a message once.
+    redelivery = {"unacked_restore_interval": 5, "unacked_restore_throttle": 1, "unacked_mutex_expire": 30}
     app.conf.update(
         # Never pickle: a queue that accepts pickle runs whatever anyone with broker access sends.
         task_serializer="json",
@@ -24,7 +39,8 @@ def create_celery(settings: Settings | None = None, name: str = "iris") -> Celer
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         # Redis hands an unacknowledged message to another worker after this many seconds.
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds, **fast_fail},
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds, **fast_fail,
+                                  **keepalive, **redelivery},
         result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
         redis_socket_timeout=5,
         redis_socket_connect_timeout=2,
@@ -45,5 +61,9 @@ def create_celery(settings: Settings | None = None, name: str = "iris") -> Celer
     )
     if settings.celery_broker_url.startswith(("redis://", "rediss://")) and ";" not in settings.celery_broker_url:
         app.conf.broker_transport = REDIS_TRANSPORT  # kombu's transport, minus a client per publish and ack
+    if settings.celery_broker_url.startswith("rediss://"):
+        app.conf.broker_use_ssl = dict(TLS_DEFAULTS)
+    if settings.celery_result_backend.startswith("rediss://"):
+        app.conf.redis_backend_use_ssl = dict(TLS_DEFAULTS)
     return app
 

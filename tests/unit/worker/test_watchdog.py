@@ -1,0 +1,75 @@
+"""The stall detector: when the worker's watchdog probes, waits, or declares the consumer stalled."""
+
+from worker.watchdog import StallDetector, Verdict
+
+
+def detector(now: float = 0.0) -> StallDetector:
+    return StallDetector(interval=5, timeout=10, busy_grace=60, last_seen=now)
+
+
+def test_a_consumer_that_received_recently_is_alive_and_not_probed() -> None:
+    d = detector()
+    d.seen(3.0)
+    assert d.tick(5.0) is Verdict.ALIVE
+
+
+def test_an_idle_consumer_is_probed() -> None:
+    assert detector().tick(5.0) is Verdict.PROBE
+
+
+def test_a_received_probe_clears_the_suspicion() -> None:
+    d = detector()
+    assert d.tick(5.0) is Verdict.PROBE
+    d.probe_sent(5.0, 5.0)
+    d.seen(5.01)
+    assert d.tick(10.0) is Verdict.ALIVE
+    assert d.probe_sent_at is None
+
+
+def test_an_unreceived_probe_means_stalled_only_after_the_timeout() -> None:
+    d = detector()
+    d.tick(5.0)
+    d.probe_sent(5.0, 5.0)
+    assert d.tick(10.0) is Verdict.WAITING
+    assert d.tick(15.0) is Verdict.WAITING
+    assert d.tick(20.0) is Verdict.STALLED
+
+
+def test_executing_tasks_extend_the_deadline_by_the_time_limit() -> None:
+    d = detector()
+    d.tick(5.0)
+    d.probe_sent(5.0, 5.0)
+    for now in range(10, 76, 5):
+        assert d.tick(float(now), busy=True) is Verdict.WAITING
+    assert d.tick(80.0, busy=True) is Verdict.STALLED
+
+
+def test_a_broker_that_refused_the_probe_counts_nothing_against_the_worker() -> None:
+    d = detector()
+    for now in (5.0, 10.0, 15.0, 20.0, 25.0):
+        assert d.tick(now) is Verdict.PROBE  # the publish failed each time: no probe is outstanding
+
+
+def test_a_frozen_process_starts_over_instead_of_blaming_the_consumer() -> None:
+    d = detector()
+    d.tick(5.0)
+    d.probe_sent(5.0, 5.0)
+    assert d.tick(10.0) is Verdict.WAITING
+    # SIGSTOP for a minute: the outstanding probe is forgotten and a fresh one is sent.
+    assert d.tick(70.0) is Verdict.PROBE
+    d.probe_sent(70.0, 70.0)
+    assert d.tick(75.0) is Verdict.WAITING
+    assert d.tick(85.0) is Verdict.STALLED
+
+
+def test_a_slow_publish_is_not_counted_and_an_early_receipt_still_answers() -> None:
+    d = detector()
+    d.tick(5.0)
+    d.seen(6.0)  # received while the publish that began at 5 s was still waiting for Redis to confirm
+    d.probe_sent(5.0, 9.0)
+    assert d.tick(7.0 + 2.0) is Verdict.ALIVE
+    d.tick(14.0)
+    d.probe_sent(14.0, 18.0)  # Redis was slow to accept; the consumer gets the full timeout from 18 s
+    for now in (16.0, 20.0, 24.0, 28.0):
+        assert d.tick(now) is Verdict.WAITING
+    assert d.tick(30.0) is Verdict.STALLED
