@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Run the whole stack in the foreground: Redis (when none answers), a champion model, a worker and the API.
-# Ctrl-C or SIGTERM stops what this script started, and nothing else.
+# Run the whole stack in the foreground under supervisord: Redis (when none answers), a champion model,
+# WORKERS Celery workers and the API. A worker, the API or that Redis is restarted when it exits.
+# Ctrl-C or SIGTERM stops everything this script started, and nothing else.
+# RUN_DIR (default .run) holds the logs and supervisord's config. UP_SKIP_SETUP=1 skips the venv install
+# and the training check, for callers (the tests) that have done both already.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -10,22 +13,38 @@ export CELERY_BROKER_URL=${CELERY_BROKER_URL:-redis://127.0.0.1:6379/0}
 export CELERY_RESULT_BACKEND=${CELERY_RESULT_BACKEND:-redis://127.0.0.1:6379/1}
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///mlruns.db}
 export PORT=${PORT:-9191}
-mkdir -p .run
+export WORKERS=${WORKERS:-1}
+case "$WORKERS" in ''|*[!0-9]*|0) die "WORKERS must be a whole number of at least 1, not '$WORKERS'";; esac
+# supervisord's config reads these as %(ENV_...)s.
+export UP_ROOT=$PWD
+mkdir -p "${RUN_DIR:-.run}"
+RUN_DIR=$(cd "${RUN_DIR:-.run}" && pwd)
+export RUN_DIR
 
-pids=()
+sup=""
 stop_all() {
-  trap - INT TERM EXIT
-  if [ ${#pids[@]} -gt 0 ]; then
-    say "stopping ${#pids[@]} processes"
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    wait "${pids[@]}" 2>/dev/null || true
+  # A second Ctrl-C must not cut the orderly stop short; supervisord bounds it (SIGKILL after stopwaitsecs).
+  trap '' INT TERM
+  trap - EXIT
+  if [ -n "$sup" ] && kill -0 "$sup" 2>/dev/null; then
+    say "stopping the API, the workers and what else supervisord started"
+    kill -TERM "$sup" 2>/dev/null || true
+    wait "$sup" 2>/dev/null || true
   fi
 }
 trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-ensure_venv api,worker,training
+[ "${UP_SKIP_SETUP:-}" = 1 ] || ensure_venv api,worker,training,local
+
+conf="$RUN_DIR/supervisord.conf"
+# supervisorctl's password, new each run. As root, say so in the config, or supervisord warns at every start.
+password=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+as_root='s/^;user=root$/user=root/'
+[ "$(id -u)" = 0 ] || as_root=''
+(umask 077 && sed -e "s/@PASSWORD@/$password/" -e "$as_root" scripts/supervisord.conf > "$conf")
+logs="$RUN_DIR/worker-*.log  $RUN_DIR/api.log"
 
 if redis_answers "$CELERY_BROKER_URL"; then
   say "using the Redis at $CELERY_BROKER_URL"
@@ -33,45 +52,45 @@ else
   host=$(url_host "$CELERY_BROKER_URL")
   case "$host" in 127.0.0.1|localhost|::1) ;; *) die "no Redis answers at $CELERY_BROKER_URL";; esac
   ensure_redis_server
-  port=$(url_port "$CELERY_BROKER_URL")
-  say "starting redis-server on 127.0.0.1:$port (log: .run/redis.log)"
-  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$PWD/.run" \
-    > .run/redis.log 2>&1 &
-  pids+=($!)
-  for _ in $(seq 50); do redis_answers "$CELERY_BROKER_URL" && break; sleep 0.1; done
-  redis_answers "$CELERY_BROKER_URL" || die "redis-server did not start; see .run/redis.log"
+  REDIS_PORT=$(url_port "$CELERY_BROKER_URL")
+  export REDIS_PORT
+  mkdir -p "$RUN_DIR/redis"
+  cat scripts/supervisord-redis.conf >> "$conf"
+  say "redis-server will run on 127.0.0.1:$REDIS_PORT, with its AOF in $RUN_DIR/redis"
+  logs="$logs  $RUN_DIR/redis.log"
 fi
 
 if (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then die "port $PORT is in use: stop what runs there or set PORT"; fi
 
-say "checking for a champion model in $MLFLOW_TRACKING_URI"
-.venv/bin/python -m training --if-missing
+if [ "${UP_SKIP_SETUP:-}" != 1 ]; then
+  say "checking for a champion model in $MLFLOW_TRACKING_URI"
+  .venv/bin/python -m training --if-missing
+fi
 
-say "starting the worker (log: .run/worker.log)"
-.venv/bin/celery -A worker worker --without-gossip --without-mingle > .run/worker.log 2>&1 &
-pids+=($!)
-say "starting the API on port $PORT (log: .run/api.log)"
-.venv/bin/python -m api > .run/api.log 2>&1 &
-pids+=($!)
+say "starting supervisord: $WORKERS worker(s) and the API on port $PORT (config: $conf)"
+: > "$RUN_DIR/supervisord.log"
+.venv/bin/supervisord -c "$conf" &
+sup=$!
 
-printf 'waiting for /readyz '
-for i in $(seq 240); do
-  if .venv/bin/python -c "import sys, urllib.request as r; r.urlopen('http://127.0.0.1:$PORT/readyz', timeout=2)" 2>/dev/null; then
-    ready=1; break
+wait_s=${UP_READY_TIMEOUT:-120}
+say "waiting for /readyz (up to $wait_s s)"
+deadline=$((SECONDS + wait_s))
+until .venv/bin/python -c "import urllib.request as r; r.urlopen('http://127.0.0.1:$PORT/readyz', timeout=2)" 2>/dev/null; do
+  kill -0 "$sup" 2>/dev/null || die "supervisord exited during start-up; see $RUN_DIR/supervisord.log"
+  if grep -q 'gave up:' "$RUN_DIR/supervisord.log"; then
+    tail -n 20 "$RUN_DIR"/*.log; die "a program kept failing during start-up"
   fi
-  for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null || { echo; tail -n 20 .run/*.log; die "a process exited during start-up"; }; done
-  [ $((i % 4)) -eq 0 ] && printf '.'
+  [ "$SECONDS" -lt "$deadline" ] || { tail -n 20 "$RUN_DIR"/*.log; die "the stack was not ready within $wait_s s"; }
   sleep 0.25
 done
-echo
-[ "${ready:-}" = 1 ] || { tail -n 20 .run/worker.log .run/api.log; die "the stack was not ready within 60 s"; }
 
 cat <<MSG
 
   Iris classifier is ready.
     API        http://127.0.0.1:$PORT/v1/classify   (async: /v1/classify/async, poll: /v1/tasks/<id>)
     Health     http://127.0.0.1:$PORT/readyz
-    Logs       .run/worker.log  .run/api.log
+    Workers    $WORKERS, restarted when they exit: .venv/bin/supervisorctl -c $conf status
+    Logs       $logs
 
   Try it:
     curl -s http://127.0.0.1:$PORT/v1/classify -H 'Content-Type: application/json' \\
@@ -80,10 +99,8 @@ cat <<MSG
   Ctrl-C stops everything started here.
 MSG
 
-# Stay in the foreground; if any process dies, stop the rest and say so.
-while true; do
-  for pid in "${pids[@]}"; do
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 .run/worker.log .run/api.log; die "process $pid exited"; }
-  done
-  sleep 1
-done
+# Stay in the foreground with supervisord, which prints each exit and restart.
+rc=0
+wait "$sup" || rc=$?
+sup=""
+die "supervisord exited with status $rc; see $RUN_DIR/supervisord.log"

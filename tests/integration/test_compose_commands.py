@@ -251,6 +251,13 @@ def _status_with_host(port: int, path: str, host: str) -> int:
         conn.close()
 
 
+def run_health_check(service: Mapping[str, Any], env: dict[str, str]) -> int:
+    """Run a service's ``CMD`` health check here, with ``env``, and return its exit status."""
+    test = service["healthcheck"]["test"]
+    assert test[0] == "CMD", "the health check must run without a shell (the images have no curl either)"
+    return subprocess.run(local_argv(test[1:]), env=env, capture_output=True, timeout=30).returncode
+
+
 @pytest.fixture
 def procs(tmp_path: Path) -> Iterator[Processes]:
     logs = tmp_path / "logs"
@@ -294,6 +301,23 @@ def test_compose_file_keeps_its_guarantees(compose: dict[str, Any]) -> None:
         assert heavy not in api_reqs
 
 
+def test_worker_health_check_fails_when_the_heartbeat_is_missing_or_stale(compose: dict[str, Any],
+                                                                          tmp_path: Path) -> None:
+    worker = compose["services"]["worker"]
+    # Docker restarts only containers that exit; a wedged worker must exit by itself (its watchdog) to be replaced.
+    assert worker["restart"] == "unless-stopped"
+    assert worker["healthcheck"]["start_period"], "loading the model must not count against the worker"
+    heartbeat = tmp_path / "iris-worker.alive"
+    env = {"PATH": os.environ["PATH"], "WORKER_HEARTBEAT_FILE": str(heartbeat)}
+    assert environment(worker)["WORKER_HEARTBEAT_FILE"].startswith("/tmp/")
+    assert run_health_check(worker, env) != 0, "healthy without a heartbeat"
+    heartbeat.touch()
+    assert run_health_check(worker, env) == 0
+    stale = time.time() - 60
+    os.utime(heartbeat, (stale, stale))
+    assert run_health_check(worker, env) != 0, "healthy with a heartbeat a minute old"
+
+
 def test_compose_commands_serve_the_seed_example(compose: dict[str, Any], stack_env: dict[str, str],
                                                   procs: Processes, tmp_path: Path) -> None:
     services = compose["services"]
@@ -326,6 +350,8 @@ def test_compose_commands_serve_the_seed_example(compose: dict[str, Any], stack_
         env.update(images[name].env)
         env.update(localise(environment(svc[name])))
         env["HOME"] = str(tmp_path)
+        if "WORKER_HEARTBEAT_FILE" in env:  # the container's /tmp is its own; here it is shared
+            env["WORKER_HEARTBEAT_FILE"] = str(tmp_path / f"{name}.alive")
         if "PYTHONPATH" in env:
             env["PYTHONPATH"] = env["PYTHONPATH"].replace(images[name].workdir, str(app_dir))
         return env
@@ -399,6 +425,8 @@ def test_compose_commands_serve_the_seed_example(compose: dict[str, Any], stack_
     assert body["version"] == environment(svc["api"])["TAG"]
     assert body["data"]["pred_label"] == "Iris-virginica"
     assert body["data"]["model_version"] == "1"
+    # The worker as compose runs it keeps its heartbeat fresh, so its health check passes.
+    assert run_health_check(svc["worker"], worker_env) == 0, "the serving worker reports unhealthy"
 
     # The images' WORKDIR belongs to root and the processes run as a non-root user: they must not write there.
     procs.stop_all()
