@@ -1,10 +1,10 @@
 # The two commands a newcomer needs are `make up` and `make test`; the rest are conveniences.
-.PHONY: up test train worker api api-gunicorn bench side-by-side load clean help
+.PHONY: up test train worker api api-gunicorn bench side-by-side load soak clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-up:  ## run Redis (if needed), train a champion (if none), the worker and the API, in the foreground
+up:  ## run Redis (if needed), a champion (trained if none), WORKERS workers and the API; restart what exits
 	@scripts/up.sh
 
 test:  ## install test dependencies, run ruff, mypy, container checks and pytest
@@ -30,6 +30,9 @@ side-by-side:  ## load a running stack and the seed's in-process design in turn,
 
 load:  ## locust load test of a running stack (USERS, DURATION, HOST); writes load/reports/
 	@scripts/load.sh
+
+soak:  ## long load test of a running stack (50 users, 10 min): fails on any failure or RSS growth > 10%
+	@scripts/soak.sh
 
 clean:  ## remove the virtualenv, local MLflow store and run state
 	rm -rf .venv .run mlruns mlruns.db load/reports .pytest_cache .mypy_cache .ruff_cache
