@@ -149,18 +149,25 @@ class EdgeBatcher:
 
     def _listen(self) -> None:
         """Wake the requests whose rows a worker answered; resubscribe after Redis comes back."""
+        lost = False
         while True:
             try:
                 pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(self.channel)
                 self._subscribed.set()
+                if lost:
+                    log.warning("reply listener: subscribed again")
+                    lost = False
                 for message in pubsub.listen():
                     if message.get("type") == "message":
                         self._deliver(orjson.loads(message["data"]))
             except Exception as exc:
-                # Requests fall back to reading the result backend when their wait ends.
+                # Requests fall back to reading the result backend when their wait ends. One line per outage,
+                # not one per retry.
                 self._subscribed.clear()
-                log.warning("reply listener lost Redis (%s); retrying", exc)
+                if not lost:
+                    log.warning("reply listener lost Redis (%s); retrying every 0.5 s", exc)
+                    lost = True
                 time.sleep(0.5)
 
     def _deliver(self, reply: dict[str, Any]) -> None:

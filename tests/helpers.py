@@ -120,9 +120,10 @@ class RedisServer:
 
     def __init__(self, workdir: Path, aof: bool = True, password: str | None = None,
                  args: tuple[str, ...] = ()) -> None:
-        self.server = shutil.which("redis-server")
-        if self.server is None:
+        server = shutil.which("redis-server")
+        if server is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.server: str = server
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -136,7 +137,7 @@ class RedisServer:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
-    def client(self, db: int = 0) -> "redis.Redis[bytes]":
+    def client(self, db: int = 0) -> redis.Redis:
         return redis.Redis.from_url(self.url(db), socket_connect_timeout=1, socket_timeout=2)
 
     def answers(self) -> bool:
