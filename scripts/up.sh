@@ -43,7 +43,9 @@ conf="$RUN_DIR/supervisord.conf"
 password=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
 as_root='s/^;user=root$/user=root/'
 [ "$(id -u)" = 0 ] || as_root=''
-(umask 077 && sed -e "s/@PASSWORD@/$password/" -e "$as_root" scripts/supervisord.conf > "$conf")
+# supervisorctl reads this file without up.sh's environment: write the run directory in literally.
+(umask 077 && sed -e "s/@PASSWORD@/$password/" -e "$as_root" -e "s|%(ENV_RUN_DIR)s|$RUN_DIR|g" \
+  scripts/supervisord.conf > "$conf")
 logs="$RUN_DIR/worker-*.log  $RUN_DIR/api.log"
 
 if redis_answers "$CELERY_BROKER_URL"; then
