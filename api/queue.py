@@ -223,7 +223,7 @@ class IrisQueue:
         set_task_id(task_id)
         try:
             self.celery.send_task(tasks.CLASSIFY_BATCH, args=[payloads], task_id=task_id,
-                                           queue=self.settings.iris_queue, headers=_request_header())
+                                  queue=self.settings.iris_queue, headers=_request_header())
         except Exception as exc:
             log.warning("cannot enqueue batch %s: %s", task_id, exc)
             raise self._down() from None

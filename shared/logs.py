@@ -29,6 +29,7 @@ def set_task_id(task_id: str) -> None:
     if context is not None:
         context[1] = task_id
 
+
 # Every line has these; request_id, task_id and any ``extra=`` fields follow when a record has them.
 FIELDS = ("levelname", "name", "message")
 RENAMED = {"levelname": "level", "name": "logger"}
