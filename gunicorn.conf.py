@@ -7,7 +7,7 @@ from shared.settings import get_settings
 
 _settings = get_settings()
 
-wsgi_app = "api:create_app()"
+wsgi_app = "api.wsgi:app()"
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{_settings.port}")
 # Requests mostly wait on the queue, so threads, not processes, carry the concurrency.
 workers = _settings.web_concurrency

@@ -21,7 +21,7 @@ def main() -> None:
     # its own loggers included.
     server_loggers = {"_granian": {"level": settings.loglevel.upper(), "propagate": True}}
     Server(
-        "api:create_app",
+        "api.wsgi:app",
         factory=True,
         interface=Interfaces.WSGI,
         address=settings.api_host,

@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask
 
-from api.envelope import ApiError
+from api.errors import Unauthorized
 
 PROTECTED_PREFIX = "/v1/"
 
@@ -51,12 +51,6 @@ def presented_key(authorization: str | None, api_key: str | None) -> str | None:
     return api_key
 
 
-def unauthorized() -> ApiError:
-    """Return the 401 for a missing or wrong key; it never says which."""
-    return ApiError(401, "Unauthorized", "missing or wrong API key; send Authorization: Bearer <key> or X-API-Key",
-                    headers={"WWW-Authenticate": "Bearer"})
-
-
 class ApiKeyMiddleware:
     """Answer 401 on ``/v1/*`` without a right key; everything else passes straight through.
 
@@ -74,7 +68,7 @@ class ApiKeyMiddleware:
                 presented_key(environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_X_API_KEY"))):
             # Rare path: let Flask route the request (for raisedOn) and build the envelope as for any error.
             with self.flask.request_context(environ):
-                response = self.flask.make_response(self.flask.handle_user_exception(unauthorized()))
+                response = self.flask.make_response(self.flask.handle_user_exception(Unauthorized()))
             return response(environ, start_response)
         return self.wsgi_app(environ, start_response)
 

@@ -1,6 +1,7 @@
 """Fail fast while Redis is down: after one failure, answer 503 at once for a moment instead of waiting."""
 
 import time
+from collections.abc import Callable
 
 import redis
 from kombu.exceptions import OperationalError
@@ -17,14 +18,15 @@ class Circuit:
     does is let one extra request try Redis.
     """
 
-    def __init__(self, open_seconds: float) -> None:
+    def __init__(self, open_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.open_seconds = open_seconds
+        self._clock = clock
         self._until = 0.0
 
     def trip(self) -> None:
         """Record a Redis failure: refuse work for the next ``open_seconds``."""
-        self._until = time.monotonic() + self.open_seconds
+        self._until = self._clock() + self.open_seconds
 
     def is_open(self) -> bool:
         """Say whether Redis failed within the last ``open_seconds``."""
-        return self._until > 0.0 and time.monotonic() < self._until
+        return self._until > 0.0 and self._clock() < self._until

@@ -3,7 +3,9 @@
 from typing import Any
 
 import orjson
-from flask import Response, current_app
+from flask import Response
+
+from api.extension import settings
 
 
 def _respond(body: dict[str, Any], status: int, headers: dict[str, str] | None) -> Response:
@@ -13,7 +15,7 @@ def _respond(body: dict[str, Any], status: int, headers: dict[str, str] | None) 
 
 def success(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """Answer ``{"message": "success", "data": ..., "error": null, "version": TAG}``."""
-    body = {"message": "success", "data": data, "error": None, "version": current_app.config["TAG"]}
+    body = {"message": "success", "data": data, "error": None, "version": settings().tag}
     return _respond(body, status, headers)
 
 
@@ -21,19 +23,5 @@ def failure(status: int, raised: str, raised_on: str, message: str, data: Any = 
             headers: dict[str, str] | None = None) -> Response:
     """Answer the seed's error envelope; ``code`` is the HTTP status as a string."""
     error = {"raised": raised, "raisedOn": raised_on, "message": message, "code": str(status)}
-    body = {"message": "failed", "data": data, "error": error, "version": current_app.config["TAG"]}
+    body = {"message": "failed", "data": data, "error": error, "version": settings().tag}
     return _respond(body, status, headers)
-
-
-class ApiError(Exception):
-    """An expected failure that a route raises to answer an error envelope."""
-
-    def __init__(self, status: int, raised: str, message: str, raised_on: str | None = None,
-                 data: Any = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.raised = raised
-        self.message = message
-        self.raised_on = raised_on
-        self.data = data
-        self.headers = headers

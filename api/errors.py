@@ -1,51 +1,107 @@
-"""Turn every failure into the seed's error envelope: never an HTML page, never a stack trace."""
+"""The API's errors: each carries its HTTP status and its envelope's ``raised`` name (api/handlers.py maps them)."""
 
-import logging
+from typing import Any
 
-from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
-
-from api.circuit import REDIS_DOWN
-from api.envelope import ApiError, failure
-from api.request_id import ENVIRON_KEY
-
-log = logging.getLogger(__name__)
+from flask import url_for
 
 
-def _raised_on() -> str:
-    """Name the view that failed as the seed did: ``classify`` becomes ``ApiClassify``."""
-    view = (request.endpoint or "").rsplit(".", 1)[-1]
-    return "Api" + "".join(part.title() for part in view.split("_"))
+class ApiError(Exception):
+    """A failure the client can act on; subclasses fix ``status`` and ``raised``."""
+
+    status = 500
+    raised = "InternalServerError"
+
+    def __init__(self, message: str, *, data: Any = None, headers: dict[str, str] | None = None,
+                 raised: str | None = None, raised_on: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+        self.headers = headers
+        self.raised = raised or self.raised
+        self.raised_on = raised_on
 
 
-def init_app(app: Flask) -> None:
-    """Register the envelope error handlers on ``app``."""
+class ValidationFailed(ApiError):
+    """The body does not match the contract; the message names each field, never the input."""
 
-    @app.errorhandler(ApiError)
-    def handle_api_error(exc: ApiError) -> Response:
-        return failure(exc.status, exc.raised, exc.raised_on or _raised_on(), exc.message,
-                       data=exc.data, headers=exc.headers)
-
-    @app.errorhandler(HTTPException)
-    def handle_http_error(exc: HTTPException) -> Response:
-        status = exc.code or 500
-        if status >= 500:
-            return _internal_error(exc)
-        allowed = getattr(exc, "valid_methods", None)
-        headers = {"Allow": ", ".join(allowed)} if allowed else None
-        return failure(status, type(exc).__name__, _raised_on(), exc.description or exc.name, headers=headers)
-
-    @app.errorhandler(Exception)
-    def handle_unexpected(exc: Exception) -> Response:
-        if isinstance(exc, REDIS_DOWN):  # a Redis call no route caught: still the outage's 503, not a 500
-            log.warning("Redis unreachable on %s %s: %s", request.method, request.path, exc)
-            return failure(503, "QueueUnavailable", _raised_on(), "the task queue is unreachable; try again shortly",
-                           headers={"Retry-After": "1"})
-        return _internal_error(exc)
+    status, raised = 400, "ValidationError"
 
 
-def _internal_error(exc: BaseException) -> Response:
-    """Log ``exc`` with its trace (the log line carries the request id) and answer a 500 naming only that id."""
-    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-    request_id = request.environ.get(ENVIRON_KEY, "unknown")
-    return failure(500, "InternalServerError", _raised_on(), f"internal error; request id {request_id}")
+class Unauthorized(ApiError):
+    """No API key, or a wrong one; it never says which."""
+
+    status, raised = 401, "Unauthorized"
+
+    def __init__(self) -> None:
+        super().__init__("missing or wrong API key; send Authorization: Bearer <key> or X-API-Key",
+                         headers={"WWW-Authenticate": "Bearer"})
+
+
+class NotFound(ApiError):
+    """No such task: never issued here, or expired."""
+
+    status, raised = 404, "NotFound"
+
+
+class PayloadTooLarge(ApiError):
+    """More rows than BATCH_MAX_ROWS."""
+
+    status, raised = 413, "PayloadTooLarge"
+
+
+class TaskFailed(ApiError):
+    """A worker took the task and could not classify it."""
+
+    status, raised = 500, "TaskFailed"
+
+    def __init__(self, task_id: str, what: str = "this request") -> None:
+        super().__init__(f"the worker could not classify {what}", data={"task_id": task_id})
+
+
+class Unavailable(ApiError):
+    """Nothing was queued and retrying shortly may succeed: a 503 with Retry-After."""
+
+    status, raised = 503, "ServiceUnavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
+class QueueUnavailable(Unavailable):
+    """Redis does not answer."""
+
+    raised = "QueueUnavailable"
+
+    def __init__(self, message: str = "the task queue is unreachable; try again shortly") -> None:
+        super().__init__(message)
+
+
+class QueueFull(Unavailable):
+    """QUEUE_MAX_LENGTH tasks wait already."""
+
+    raised = "QueueFull"
+
+    def __init__(self, depth: int) -> None:
+        super().__init__(f"the queue holds {depth} tasks; try again shortly")
+
+
+class NoWorkers(Unavailable):
+    """Redis answers, but no worker with a loaded model does."""
+
+    raised = "NoWorkers"
+
+    def __init__(self) -> None:
+        super().__init__("no worker with a loaded model answered")
+
+
+class TimedOut(ApiError):
+    """No worker answered within SYNC_TIMEOUT_SECONDS; the task stays queued under ``task_id`` and can be polled."""
+
+    status, raised = 504, "Timeout"
+
+    def __init__(self, task_id: str, seconds: float) -> None:
+        super().__init__(f"no worker answered within {seconds:g} s; poll status_url")
+        self.task_id = task_id
+        location = url_for("tasks.task_status", task_id=task_id)
+        self.data = {"task_id": task_id, "status": "PENDING", "status_url": location}
+        self.headers = {"Location": location}

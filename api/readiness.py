@@ -7,9 +7,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+import redis
 from celery import Celery
 
-from api.envelope import ApiError
+from api.admission import Admission
+from api.circuit import Circuit
+from api.errors import NoWorkers, QueueUnavailable
 from shared import tasks
 
 log = logging.getLogger(__name__)
@@ -17,11 +20,6 @@ log = logging.getLogger(__name__)
 # How long workers get to reply to the model-info broadcast, and how long a request waits for it at most.
 REPLY_SECONDS = 1.5
 WAIT_SECONDS = 2.5
-
-
-def not_ready(raised: str, message: str) -> ApiError:
-    """Return a 503 for /readyz; a load balancer may ask again after Retry-After."""
-    return ApiError(503, raised, message, headers={"Retry-After": "1"})
 
 
 class WorkerCheck:
@@ -50,7 +48,7 @@ class WorkerCheck:
         try:
             workers = self._running.result(timeout=WAIT_SECONDS)
         except FutureTimeout:
-            raise not_ready("QueueUnavailable", "Redis does not answer") from None
+            raise QueueUnavailable("Redis does not answer") from None
         self._last = (time.monotonic(), workers)
         return workers
 
@@ -66,3 +64,29 @@ class WorkerCheck:
                     log.warning("readiness: broadcast failed: %s", exc)
         return {name: info for reply in replies for name, info in reply.items()
                 if isinstance(info, dict) and info.get("model_version")}
+
+
+class Readiness:
+    """Redis (broker and result backend) answers and a worker with a loaded model does; else a 503."""
+
+    def __init__(self, results: redis.Redis, admission: Admission, workers: WorkerCheck, circuit: Circuit) -> None:
+        self._results = results
+        self._admission = admission
+        self.workers = workers
+        self._circuit = circuit
+
+    def check(self) -> dict[str, Any]:
+        """Return the ready body, or raise QueueUnavailable or NoWorkers."""
+        if self._circuit.is_open():
+            raise QueueUnavailable("Redis does not answer")
+        try:
+            self._results.ping()
+            depth = self._admission.depth(fresh=True)
+        except Exception as exc:
+            log.warning("readiness: Redis unreachable: %s", exc)
+            self._circuit.trip()
+            raise QueueUnavailable("Redis does not answer") from None
+        workers = self.workers.workers()
+        if not workers:
+            raise NoWorkers()
+        return {"status": "ready", "workers": workers, "queue_depth": depth}

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     # The longest the API waits on any one Redis call before it answers 503; nothing retries a timeout. The
     # slowest path (a publish, then a reconnect's two pings) waits three times this: keep it under 5 s.
     api_redis_timeout_seconds: float = Field(1.0, gt=0, le=1.5)
+    # The fast paths reach past Celery's, kombu's or redis-py's documented APIs, each in one module named for
+    # what it bypasses, pinned to the versions its contract test ran on (README, "Fast paths"). FAST_PATHS=0
+    # switches every one of them to the documented API: the way out when a library upgrade breaks one.
+    fast_paths: bool = True
 
     @property
     def model_uri(self) -> str:

@@ -9,7 +9,7 @@ from celery.worker.control import inspect_command
 from shared import tasks as names
 from shared.celery_app import create_celery
 from shared.settings import get_settings
-from worker import logs, watchdog
+from worker import watchdog
 from worker.model import ModelLoadError, ServedModel, load_served_model
 from worker.tasks import register_tasks
 
@@ -53,7 +53,6 @@ def create_worker_app() -> Celery:
     app.conf.worker_pool = settings.worker_pool
     if settings.worker_concurrency:
         app.conf.worker_concurrency = settings.worker_concurrency
-    logs.install()
     register_tasks(app, served_model)
     signals.worker_init.connect(_load_model, weak=False)
     signals.worker_process_init.connect(_warm_child, weak=False)

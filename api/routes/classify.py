@@ -2,12 +2,13 @@
 
 from typing import Any, TypeVar
 
-from flask import Blueprint, Response, current_app, request, url_for
+from flask import Blueprint, Response, request, url_for
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import UnsupportedMediaType
 
-from api.envelope import ApiError, success
-from api.queue import TimedOut, get_queue
+from api.envelope import success
+from api.errors import PayloadTooLarge, ValidationFailed
+from api.extension import service, settings
 from shared.schemas import BatchPayload, ClassifyPayload, format_validation_error
 
 M = TypeVar("M", bound=BaseModel)
@@ -22,39 +23,21 @@ def _parse(model: type[M]) -> M:
     try:
         return model.model_validate_json(request.get_data(cache=False))
     except ValidationError as exc:
-        raise ApiError(400, "ValidationError", format_validation_error(exc)) from None
-
-
-def _poll_url(task_id: str) -> str:
-    return url_for("tasks.task_status", task_id=task_id)
-
-
-def _timed_out(task_id: str) -> ApiError:
-    """Describe a 504 with the id and where to poll: the task stays queued and will be answered."""
-    location = _poll_url(task_id)
-    seconds = get_queue().settings.sync_timeout_seconds
-    return ApiError(504, "Timeout", f"no worker answered within {seconds:g} s; poll status_url",
-                    data={"task_id": task_id, "status": "PENDING", "status_url": location},
-                    headers={"Location": location})
+        raise ValidationFailed(format_validation_error(exc)) from None
 
 
 @bp.post("")
 def classify() -> Response:
     """Classify one flower and wait for the answer."""
-    payload = _parse(ClassifyPayload)
-    try:
-        task_id, result = get_queue().classify(payload.row())
-    except TimedOut as exc:
-        raise _timed_out(exc.task_id) from None
+    task_id, result = service().classify(_parse(ClassifyPayload).row())
     return success({**result, "task_id": task_id})
 
 
 @bp.post("/async")
 def classify_async() -> Response:
     """Queue one classification and answer 202 with where to poll."""
-    payload = _parse(ClassifyPayload)
-    task_id = get_queue().classify_async(payload.model_dump())
-    location = _poll_url(task_id)
+    task_id = service().classify_async(_parse(ClassifyPayload).model_dump())
+    location = url_for("tasks.task_status", task_id=task_id)
     return success({"task_id": task_id, "status": "PENDING", "status_url": location}, status=202,
                    headers={"Location": location})
 
@@ -62,13 +45,10 @@ def classify_async() -> Response:
 @bp.post("/batch")
 def classify_batch() -> Response:
     """Classify up to BATCH_MAX_ROWS flowers in one task, answering in order."""
-    limit = current_app.config["BATCH_MAX_ROWS"]
+    limit = settings().batch_max_rows
     batch = _parse(BatchPayload)
     if len(batch.instances) > limit:
-        raise ApiError(413, "PayloadTooLarge", f"{len(batch.instances)} instances; at most {limit} per request")
+        raise PayloadTooLarge(f"{len(batch.instances)} instances; at most {limit} per request")
     payloads: list[dict[str, Any]] = [item.model_dump() for item in batch.instances]
-    try:
-        _, answers = get_queue().classify_batch(payloads)
-    except TimedOut as exc:
-        raise _timed_out(exc.task_id) from None
+    _, answers = service().classify_batch(payloads)
     return success(answers)

@@ -3,7 +3,7 @@
 from flask import Blueprint, Response
 
 from api.envelope import success
-from api.queue import get_queue
+from api.extension import services
 
 bp = Blueprint("health", __name__)
 
@@ -17,4 +17,4 @@ def livez() -> Response:
 @bp.get("/readyz")
 def readyz() -> Response:
     """Answer 200 only when Redis and at least one worker with a loaded model answer."""
-    return success(get_queue().readiness())
+    return success(services().readiness.check())

@@ -4,8 +4,9 @@ import uuid
 
 from flask import Blueprint, Response
 
-from api.envelope import ApiError, success
-from api.queue import get_queue
+from api.envelope import success
+from api.errors import NotFound
+from api.extension import service
 
 bp = Blueprint("tasks", __name__, url_prefix="/v1/tasks")
 
@@ -16,8 +17,8 @@ def task_status(task_id: str) -> Response:
     try:
         uuid.UUID(task_id)
     except ValueError:
-        raise ApiError(404, "NotFound", f"no task {task_id!r}") from None
-    body = get_queue().status(task_id)
+        raise NotFound(f"no task {task_id!r}") from None
+    body = service().status(task_id)
     if body is None:
-        raise ApiError(404, "NotFound", f"no task {task_id}: unknown or expired")
+        raise NotFound(f"no task {task_id}: unknown or expired")
     return success(body)

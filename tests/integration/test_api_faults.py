@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from api import create_app
-from api.queue import IrisQueue, get_queue
+from api.extension import KEY
 from tests.helpers import SEED_EXAMPLE, RedisServer, WorkerProcess, make_settings
 
 pytestmark = pytest.mark.integration
@@ -32,7 +32,7 @@ def redis_paths(task_id: str) -> dict[str, Callable[[FlaskClient], TestResponse]
 
 def assert_every_endpoint_fails_fast(app: Flask, task_id: str) -> None:
     """Check each Redis path on its own (no fail-fast memory between them), then /livez."""
-    client, circuit = app.test_client(), get_queue_of(app).circuit
+    client, circuit = app.test_client(), app.extensions[KEY].circuit
     opened_for = circuit.open_seconds
     circuit.open_seconds = 0  # so each endpoint waits on Redis itself rather than on the last one's failure
     try:
@@ -49,11 +49,6 @@ def assert_every_endpoint_fails_fast(app: Flask, task_id: str) -> None:
     finally:
         circuit.open_seconds = opened_for
     assert client.get("/livez").status_code == 200
-
-
-def get_queue_of(app: Flask) -> IrisQueue:
-    with app.app_context():
-        return get_queue()
 
 
 def issue_pending_task(env: dict[str, str]) -> str:

@@ -2,12 +2,12 @@
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from flask.testing import FlaskClient
 
 from api import create_app
+from api.extension import KEY
 from tests.helpers import ROOT, SEED_EXAMPLE, WorkerProcess, make_settings, poll_until_done
 
 
@@ -42,11 +42,12 @@ def test_stopped_worker_gives_504_with_a_poll_url_that_later_succeeds(lonely_env
 
 def test_dead_worker_makes_readyz_503_and_queued_work_survives(lonely_env: dict[str, str]) -> None:
     worker = WorkerProcess(lonely_env, queue="iris-dead").start()
-    client = create_app(make_settings(lonely_env, iris_queue="iris-dead")).test_client()
+    app = create_app(make_settings(lonely_env, iris_queue="iris-dead"))
+    client = app.test_client()
     try:
         assert client.get("/readyz").status_code == 200
         worker.kill()
-        time.sleep(2.1)  # readiness is cached for 2 s
+        app.extensions[KEY].readiness.workers.max_age = 0  # ask the workers again now, not after the 2 s cache
         resp = client.get("/readyz")
         assert resp.status_code == 503 and resp.get_json()["error"]["raised"] == "NoWorkers"
 
@@ -61,10 +62,11 @@ def test_dead_worker_makes_readyz_503_and_queued_work_survives(lonely_env: dict[
 
 
 def test_full_queue_answers_503_and_loses_nothing_accepted(lonely_env: dict[str, str]) -> None:
-    client = create_app(make_settings(lonely_env, iris_queue="iris-full", queue_max_length=2)).test_client()
+    app = create_app(make_settings(lonely_env, iris_queue="iris-full", queue_max_length=2))
+    app.extensions[KEY].admission.max_age = 0  # read the depth on every request, not every 0.25 s
+    client = app.test_client()
     accepted = [client.post("/v1/classify/async", json=SEED_EXAMPLE) for _ in range(2)]
     assert [r.status_code for r in accepted] == [202, 202]
-    time.sleep(0.3)  # the queue depth is read at most every 0.25 s
     resp = client.post("/v1/classify/async", json=SEED_EXAMPLE)
     assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
     assert resp.get_json()["error"]["raised"] == "QueueFull"

@@ -113,4 +113,4 @@ def test_worker_and_api_over_rabbitmq(amqp_queue: str, stack_env: dict[str, str]
     finally:
         worker.stop()
         if app is not None:
-            app.extensions["iris_queue"].celery.close()  # close the AMQP connections now, not at exit
+            app.extensions["iris"].celery.close()  # close the AMQP connections now, not at exit

@@ -1,4 +1,4 @@
-"""The app factory: builds the app from settings, connects to nothing, tunes the interpreter for threads."""
+"""The app factory builds the app from settings and connects to nothing; the entry point tunes the process."""
 
 import sys
 from collections.abc import Iterator
@@ -19,8 +19,22 @@ def restore_switch_interval() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("restore_switch_interval")
-def test_create_app_sets_the_gil_switch_interval_from_settings() -> None:
+def test_the_server_entry_point_sets_the_gil_switch_interval_and_create_app_does_not(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from api import wsgi
+    from shared.settings import get_settings
+
+    sys.setswitchinterval(0.005)
     create_app(Settings(celery_broker_url=DOWN, celery_result_backend=DOWN, gil_switch_interval_ms=20))
+    assert sys.getswitchinterval() == pytest.approx(0.005)
+    monkeypatch.setenv("GIL_SWITCH_INTERVAL_MS", "20")
+    monkeypatch.setenv("CELERY_BROKER_URL", DOWN)
+    monkeypatch.setenv("CELERY_RESULT_BACKEND", DOWN)
+    get_settings.cache_clear()
+    try:
+        wsgi.app()
+    finally:
+        get_settings.cache_clear()
     assert sys.getswitchinterval() == pytest.approx(0.02)
 
 

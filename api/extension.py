@@ -1,0 +1,79 @@
+"""The Flask extension: build the API's services once per app, and hand them to routes (declared once, here)."""
+
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import Flask, current_app
+
+from api.admission import Admission
+from api.batcher import EdgeBatcher
+from api.circuit import Circuit
+from api.fail_fast import bound_celery, redis_client
+from api.publisher import EdgePublisher
+from api.readiness import Readiness, WorkerCheck
+from api.replies import ReplyListener
+from api.results_backend import polling_backend_url
+from api.service import ClassifyService
+from shared.celery_app import create_celery
+from shared.settings import Settings
+
+KEY = "iris"
+
+
+@dataclass(frozen=True)
+class Services:
+    """What routes use: the settings, the classify/poll service and the readiness check."""
+
+    settings: Settings
+    celery: Celery
+    service: ClassifyService
+    readiness: Readiness
+    circuit: Circuit
+    publisher: EdgePublisher
+    admission: Admission
+
+
+def init_app(app: Flask, settings: Settings) -> Services:
+    """Create the clients and services for ``app``; nothing connects until the first request."""
+    celery = create_celery(settings)
+    bound_celery(celery, settings.api_redis_timeout_seconds)
+    # backend_cls, not conf.result_backend: Celery's conf prefers CELERY_RESULT_BACKEND from the environment
+    # to any value assigned, so a deployment that sets it would get the subscribing backend (celery#8166).
+    celery.backend_cls = polling_backend_url(settings.celery_result_backend)
+    results = redis_client(settings.celery_result_backend, settings.api_redis_timeout_seconds)
+    circuit = Circuit(open_seconds=1.0)
+    admission = Admission(celery, settings.iris_queue, settings.queue_max_length, circuit)
+    # The listener hands answers to the batcher, and the publisher names the listener's channel: one
+    # reply channel per API process, started in that process on its first request.
+    batcher: EdgeBatcher
+    replies = ReplyListener(settings.celery_result_backend, settings.key_prefix,
+                            on_reply=lambda ids, results_, error: batcher.deliver(ids, results_, error))
+    publisher = EdgePublisher(celery, settings.iris_queue, replies.ensure_started, circuit, settings.fast_paths)
+    batcher = EdgeBatcher(publisher, settings.batch_max_size, settings.batch_max_wait_ms,
+                          settings.batch_max_in_flight, reply_timeout=min(settings.sync_timeout_seconds, 2.0))
+    services = Services(
+        settings=settings,
+        celery=celery,
+        service=ClassifyService(settings, celery, batcher, replies, admission, circuit, results),
+        readiness=Readiness(results, admission, WorkerCheck(celery), circuit),
+        circuit=circuit,
+        publisher=publisher,
+        admission=admission,
+    )
+    app.extensions[KEY] = services
+    return services
+
+
+def services() -> Services:
+    """Return the current app's services."""
+    return current_app.extensions[KEY]
+
+
+def settings() -> Settings:
+    """Return the current app's settings: the one place the API reads them from."""
+    return current_app.extensions[KEY].settings
+
+
+def service() -> ClassifyService:
+    """Return the current app's classify/poll service."""
+    return current_app.extensions[KEY].service

@@ -1,0 +1,118 @@
+"""GET /readyz's check: ready with workers and depth, or the 503 that names why."""
+
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+import redis
+from celery import Celery
+
+from api.admission import Admission
+from api.circuit import Circuit
+from api.errors import NoWorkers, QueueUnavailable
+from api.readiness import Readiness, WorkerCheck
+from shared import tasks
+
+WORKERS = {"celery@w1": {"model_version": "3", "model_name": "iris-classifier"}}
+
+
+class FakeResults:
+    """The result backend's Redis client: ``ping`` answers, or raises ``error``."""
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+        self.pings = 0
+
+    def ping(self) -> bool:
+        self.pings += 1
+        if self.error is not None:
+            raise self.error
+        return True
+
+
+class FakeAdmission:
+    def __init__(self, depth: int) -> None:
+        self.depth_value = depth
+        self.fresh: list[bool] = []
+
+    def depth(self, fresh: bool = False) -> int:
+        self.fresh.append(fresh)
+        return self.depth_value
+
+
+class FakeWorkers:
+    def __init__(self, workers: dict[str, Any]) -> None:
+        self.answer = workers
+        self.asked = 0
+
+    def workers(self) -> dict[str, Any]:
+        self.asked += 1
+        return self.answer
+
+
+@pytest.fixture
+def results() -> FakeResults:
+    return FakeResults()
+
+
+@pytest.fixture
+def admission() -> FakeAdmission:
+    return FakeAdmission(depth=4)
+
+
+@pytest.fixture
+def workers() -> FakeWorkers:
+    return FakeWorkers(WORKERS)
+
+
+@pytest.fixture
+def circuit() -> Circuit:
+    return Circuit(open_seconds=60)  # stays open for the whole test once tripped
+
+
+@pytest.fixture
+def readiness(results: FakeResults, admission: FakeAdmission, workers: FakeWorkers, circuit: Circuit) -> Readiness:
+    return Readiness(cast(redis.Redis, results), cast(Admission, admission), cast(WorkerCheck, workers), circuit)
+
+
+def test_ready_names_the_workers_and_a_fresh_queue_depth(readiness: Readiness, admission: FakeAdmission) -> None:
+    assert readiness.check() == {"status": "ready", "workers": WORKERS, "queue_depth": 4}
+    assert admission.fresh == [True]  # readiness never answers from a cached depth
+
+
+def test_a_failed_ping_is_queue_unavailable_and_trips_the_circuit(readiness: Readiness, results: FakeResults,
+                                                                   workers: FakeWorkers, circuit: Circuit) -> None:
+    results.error = redis.ConnectionError("Connection refused")
+    with pytest.raises(QueueUnavailable):
+        readiness.check()
+    assert circuit.is_open() and workers.asked == 0
+
+
+def test_no_worker_with_a_model_is_no_workers(readiness: Readiness, workers: FakeWorkers,
+                                              circuit: Circuit) -> None:
+    workers.answer = {}
+    with pytest.raises(NoWorkers) as caught:
+        readiness.check()
+    assert caught.value.status == 503 and not circuit.is_open()  # Redis answered: nothing to fail fast on
+
+
+def test_an_open_circuit_is_queue_unavailable_without_touching_redis(readiness: Readiness, results: FakeResults,
+                                                                     admission: FakeAdmission,
+                                                                     circuit: Circuit) -> None:
+    circuit.trip()
+    with pytest.raises(QueueUnavailable):
+        readiness.check()
+    assert results.pings == 0 and admission.fresh == []
+
+
+def test_the_worker_check_keeps_only_workers_with_a_loaded_model() -> None:
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def broadcast(command: str, **kwargs: Any) -> list[dict[str, Any]]:
+        calls.append((command, kwargs))
+        return [{"celery@w1": WORKERS["celery@w1"]}, {"celery@w2": {"model_version": None}},
+                {"celery@w3": "loading"}]
+
+    check = WorkerCheck(cast(Celery, SimpleNamespace(control=SimpleNamespace(broadcast=broadcast))))
+    assert check.workers() == WORKERS
+    assert calls[0][0] == tasks.MODEL_INFO_COMMAND and calls[0][1]["reply"] is True
