@@ -4,7 +4,8 @@ import ssl
 
 from celery import Celery
 
-from shared.redis_transport import TRANSPORT as REDIS_TRANSPORT
+from shared.bypass_kombu_create_client import TRANSPORT as BYPASS_KOMBU_CREATE_CLIENT
+from shared.kombu_brpop_guard import TRANSPORT as KOMBU_BRPOP_GUARD
 from shared.settings import Settings, get_settings
 
 # What a rediss:// URL means when its query names no ssl_* parameters (those in the URL override this): verify
@@ -59,8 +60,10 @@ def create_celery(settings: Settings | None = None, name: str = "iris") -> Celer
         task_time_limit=60,
         task_soft_time_limit=30,
     )
-    if settings.celery_broker_url.startswith(("redis://", "rediss://")) and ";" not in settings.celery_broker_url:
-        app.conf.broker_transport = REDIS_TRANSPORT  # kombu's transport, minus a client per publish and ack
+    redis_broker = settings.celery_broker_url.startswith(("redis://", "rediss://"))
+    if redis_broker and ";" not in settings.celery_broker_url:
+        # kombu's transport with a lost-reply fix, and unless FAST_PATHS=0, minus a new client per publish and ack.
+        app.conf.broker_transport = BYPASS_KOMBU_CREATE_CLIENT if settings.fast_paths else KOMBU_BRPOP_GUARD
     if settings.celery_broker_url.startswith("rediss://"):
         app.conf.broker_use_ssl = dict(TLS_DEFAULTS)
     if settings.celery_result_backend.startswith("rediss://"):

@@ -1,7 +1,7 @@
-"""Pydantic schemas of the wire contract: request payloads, predictions and the seed's envelopes."""
+"""Pydantic schemas of the wire contract: request payloads and predictions."""
 
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -46,24 +46,6 @@ class Prediction(BaseModel):
     model_name: str
     model_version: str
     model_run_id: str
-
-
-class ErrorBody(BaseModel):
-    """The seed's error object; ``code`` is the HTTP status as a string."""
-
-    raised: str
-    raisedOn: str
-    message: str
-    code: str
-
-
-class Envelope(BaseModel):
-    """The seed's response envelope, for success and failure alike."""
-
-    message: Literal["success", "failed"]
-    data: Any = None
-    error: ErrorBody | None = None
-    version: str
 
 
 def format_validation_error(exc: ValidationError, title: str | None = None) -> str:

@@ -1,6 +1,4 @@
-"""Task names and queues: callers use these with ``send_task`` and never import worker code."""
-
-QUEUE = "iris"
+"""Task names: callers use these with ``send_task`` and never import worker code (the queue is IRIS_QUEUE)."""
 
 # Public tasks: any Celery client may call them by name.
 CLASSIFY = "iris.classify"

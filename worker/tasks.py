@@ -11,8 +11,8 @@ from shared import tasks as names
 from shared.errors import PayloadValidationError
 from shared.schemas import ClassifyPayload, format_validation_error, rows_from_payloads
 from shared.settings import get_settings
+from worker.bypass_celery_store_result import store_many
 from worker.model import ServedModel
-from worker.results import store_many
 
 
 def _rows_or_raise(payloads: list[Any], title: str) -> list[list[float]]:
@@ -58,4 +58,6 @@ def register_tasks(app: Celery, model: Callable[[], ServedModel]) -> None:
             stored = [exc] * len(task_ids)
             state, outcome = states.FAILURE, {"error": {"raised": type(exc).__name__, "message": str(exc)}}
         reply = (reply_to, orjson.dumps({"ids": task_ids, **outcome})) if reply_to else None
-        store_many(app.backend, task_ids, stored, state, reply, get_settings().row_result_expires_seconds)
+        settings = get_settings()
+        store_many(app.backend, task_ids, stored, state, reply, settings.row_result_expires_seconds,
+                   fast=settings.fast_paths)

@@ -16,6 +16,8 @@ from shared.settings import get_settings
 from training.registry import F1_KEY, get_champion, promote, promote_if_better
 from training.train import main
 
+pytestmark = pytest.mark.integration
+
 NAME = "iris-classifier"
 ALIAS = "champion"
 SEED_EXAMPLE = {"sepal_length": 7.7, "sepal_width": 2.6, "petal_length": 6.9, "petal_width": 2.3}

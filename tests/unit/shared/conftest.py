@@ -1,0 +1,11 @@
+"""Fixtures for the shared contract's unit tests."""
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _no_celery_urls_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let the URLs a test passes to create_celery be the ones its app connects to."""
+    # Celery reads these variables over the broker and backend its app was given (celery.app.utils.Settings).
+    for var in ("CELERY_BROKER_URL", "CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL", "CELERY_RESULT_BACKEND"):
+        monkeypatch.delenv(var, raising=False)
