@@ -1,5 +1,7 @@
 # The two commands a newcomer needs are `make up` and `make test`; the rest are conveniences.
-.PHONY: up test train worker api api-gunicorn bench side-by-side load soak clean help
+.PHONY: up test lock train worker api api-gunicorn bench side-by-side load soak clean help
+# scripts/lib.sh is bash; make's default /bin/sh is dash on Debian.
+SHELL := /bin/bash
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -9,6 +11,9 @@ up:  ## run Redis (if needed), a champion (trained if none), WORKERS workers and
 
 test:  ## install test dependencies, run ruff, mypy, container checks and pytest
 	@scripts/test.sh
+
+lock:  ## re-pin uv.lock after editing pyproject.toml's dependencies (ARGS=--upgrade to take every upgrade)
+	@. scripts/lib.sh && uv=$$(find_uv) && "$$uv" lock $(ARGS)
 
 train:  ## train, register and promote if at least as good (ARGS=--force to always promote)
 	@. scripts/lib.sh && ensure_venv api,worker,training && .venv/bin/python -m training $(ARGS)
@@ -34,5 +39,5 @@ load:  ## locust load test of a running stack (USERS, DURATION, HOST); writes lo
 soak:  ## long load test of a running stack (50 users, 10 min): fails on any failure or RSS growth > 10%
 	@scripts/soak.sh
 
-clean:  ## remove the virtualenv, local MLflow store and run state
-	rm -rf .venv .run mlruns mlruns.db load/reports .pytest_cache .mypy_cache .ruff_cache
+clean:  ## remove the virtualenvs (.venv, uv in .tools), local MLflow store and run state
+	rm -rf .venv .tools .run mlruns mlruns.db load/reports .pytest_cache .mypy_cache .ruff_cache

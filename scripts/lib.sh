@@ -15,22 +15,41 @@ find_python() {
   die "Python >= 3.11 is required (Debian/Ubuntu: apt-get install python3 python3-venv; macOS: brew install python@3.12)"
 }
 
-# ensure_venv EXTRAS: create .venv and install the project with EXTRAS, again only when pyproject.toml changes.
+# The uv that installs from uv.lock; the Dockerfiles copy the same version (ghcr.io/astral-sh/uv:<version>).
+UV_VERSION=0.13.8
+
+# find_uv: print the path of uv $UV_VERSION: the one on PATH if it is that version, else one installed into .tools/.
+find_uv() {
+  if command -v uv >/dev/null 2>&1 && [ "$(uv --version 2>/dev/null | cut -d' ' -f2)" = "$UV_VERSION" ]; then
+    command -v uv; return 0
+  fi
+  if [ "$(.tools/bin/uv --version 2>/dev/null | cut -d' ' -f2)" != "$UV_VERSION" ]; then
+    say "installing uv $UV_VERSION into .tools/ (uv installs the locked dependencies)" >&2
+    rm -rf .tools
+    "$(find_python)" -m venv .tools || die "could not create .tools (Debian/Ubuntu: apt-get install python3-venv)"
+    local log
+    log=$(.tools/bin/python -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION" 2>&1) ||
+      die "could not install uv $UV_VERSION from PyPI: $log"
+  fi
+  echo "$PWD/.tools/bin/uv"
+}
+
+# ensure_venv EXTRAS: install the versions uv.lock pins for the core dependencies and the comma-separated
+# EXTRAS into .venv (and the project, editable), again only when uv.lock or pyproject.toml changes.
 ensure_venv() {
-  local extras=$1 stamp=".venv/.installed-${1//,/-}" digest
-  digest=$(cksum pyproject.toml | cut -d' ' -f1)
-  if [ ! -x .venv/bin/python ]; then
-    say "creating .venv with $(find_python)"
-    "$(find_python)" -m venv .venv || die "could not create .venv (Debian/Ubuntu: apt-get install python3-venv)"
-  fi
-  if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
-    say "installing .[$extras] into .venv (first run takes a few minutes)"
-    .venv/bin/python -m pip install --quiet --upgrade pip
-    # One line per package fetched, so a first run shows progress without pip's full chatter.
-    .venv/bin/python -m pip install -e ".[$extras]" 2>&1 |
-      grep --line-buffered -E '^(Collecting|Successfully installed|ERROR)' | cut -c1-100
-    echo "$digest" > "$stamp"
-  fi
+  local extras=$1 stamp=".venv/.installed-${1//,/-}" digest uv extra args=()
+  digest=$(cat uv.lock pyproject.toml | cksum | cut -d' ' -f1)
+  [ -x .venv/bin/python ] && [ "$(cat "$stamp" 2>/dev/null)" = "$digest" ] && return 0
+  uv=$(find_uv) || exit 1
+  # An existing .venv is kept (uv checks it meets requires-python); a new one gets find_python's interpreter.
+  [ -x .venv/bin/python ] || args+=(--python "$(find_python)")
+  for extra in ${extras//,/ }; do args+=(--extra "$extra"); done
+  say "installing the locked dependencies of .[$extras] into .venv with uv $UV_VERSION"
+  # --frozen: install uv.lock as it is, never re-resolve. --inexact: keep what other extras installed, so
+  # `make up` and `make test` in turn do not uninstall each other's packages.
+  UV_PROJECT_ENVIRONMENT=.venv "$uv" sync --frozen --inexact --no-python-downloads "${args[@]}" ||
+    die "could not install .[$extras] from uv.lock (see uv's message above)"
+  echo "$digest" > "$stamp"
 }
 
 # redis_answers URL: true when a Redis server answers PING at URL.

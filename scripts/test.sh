@@ -5,6 +5,11 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
+# A pyproject.toml edited without `make lock` would otherwise be tested against the old pins.
+uv=$(find_uv)
+lock_check=$("$uv" lock --check 2>&1) ||
+  die "uv.lock does not match pyproject.toml: run 'make lock' and commit uv.lock with the change
+$lock_check"
 ensure_venv dev
 # Integration tests need redis-server when no Redis answers (they then start a private one).
 redis_answers "${TEST_REDIS_URL:-redis://127.0.0.1:6379}" || ensure_redis_server
