@@ -27,6 +27,7 @@ from celery import Celery, signals
 from celery.worker import state
 from kombu import Exchange, Queue
 
+from shared import kombu_brpop_guard
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class ConsumerWatchdog:
         self.heartbeat = Path(settings.worker_heartbeat_file) if settings.worker_heartbeat_file else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.consumer: Any = None  # set when the worker is ready: its connection holds the BRPOP sockets
         self._broker_down = False
 
     def start(self) -> None:
@@ -154,11 +156,18 @@ class ConsumerWatchdog:
             except OSError as exc:
                 log.warning("watchdog: cannot touch %s: %s", self.heartbeat, exc)
 
+    def _salvage(self) -> None:
+        """Put back on their queues the tasks Redis already handed to the wedged consumer's unread socket."""
+        transport = getattr(getattr(self.consumer, "connection", None), "transport", None)
+        if transport is not None and (count := kombu_brpop_guard.salvage_unread_replies(transport)):
+            log.warning("watchdog: put %d unread task(s) back on the queue before exiting", count)
+
     def _exit(self) -> None:
         """Exit at once: the stalled main thread cannot run Celery's shutdown, and a supervisor restarts us."""
         log.error("watchdog: %s received no probe within %.0f s although the broker accepted it; the consumer "
                   "is stalled, exiting with status %d so that a fresh worker replaces this one",
                   self.nodename, self.detector.timeout, EXIT_STALLED)
+        self._salvage()
         for handler in logging.getLogger().handlers:
             handler.flush()
         sys.stderr.flush()
@@ -179,8 +188,9 @@ def install(app: Celery, settings: Settings) -> None:
         signals.task_received.connect(watchdog.on_received, weak=False)
         watchdogs.append(watchdog)
 
-    def ready(**_: Any) -> None:
+    def ready(sender: Any = None, **_: Any) -> None:
         for watchdog in watchdogs:
+            watchdog.consumer = sender
             watchdog.start()
 
     def shutting_down(**_: Any) -> None:

@@ -102,3 +102,46 @@ def test_a_timed_out_or_closed_reply_still_sends_the_next_brpop(
     channel.connection_errors = (redis.ConnectionError,)
     channel._brpop_start()
     assert sent == ["read", "BRPOP"]
+
+
+class ReplyClient:
+    """A channel client whose connection holds ``sock`` and whose BRPOP reply is ``reply`` (or raises it)."""
+
+    def __init__(self, sock: socket.socket | None, reply: Any) -> None:
+        self.connection = type("Conn", (), {"_sock": sock})()
+        self.reply = reply
+
+    def parse_response(self, connection: Any, command: str) -> Any:
+        assert command == "BRPOP"
+        if isinstance(self.reply, Exception):
+            raise self.reply
+        return self.reply
+
+
+def channel_with(client: ReplyClient | None) -> Any:
+    channel = type("FakeChannel", (), {})()
+    if client is not None:
+        channel.__dict__["client"] = client
+    return channel
+
+
+def test_salvage_pushes_an_unread_reply_back_onto_its_queue(sockets: tuple[socket.socket, socket.socket]) -> None:
+    sockets[1].sendall(b"pending")
+    idle_ours, idle_theirs = socket.socketpair()
+    try:
+        waiting = channel_with(ReplyClient(sockets[0], (b"iris", b'{"task": 1}')))
+        idle = channel_with(ReplyClient(idle_ours, (b"iris", b"never read")))
+        never_consumed = channel_with(None)
+        transport = type("T", (), {"channels": [never_consumed, idle, waiting]})()
+        pushed: list[tuple[bytes, bytes]] = []
+        count = kombu_brpop_guard.salvage_unread_replies(transport, push=lambda ch, k, m: pushed.append((k, m)))
+    finally:
+        idle_ours.close()
+        idle_theirs.close()
+    assert count == 1 and pushed == [(b"iris", b'{"task": 1}')]
+
+
+def test_salvage_reports_a_failure_and_never_raises(sockets: tuple[socket.socket, socket.socket]) -> None:
+    sockets[1].sendall(b"pending")
+    transport = type("T", (), {"channels": [channel_with(ReplyClient(sockets[0], redis.ConnectionError("gone")))]})()
+    assert kombu_brpop_guard.salvage_unread_replies(transport, push=lambda ch, k, m: None) == 0
