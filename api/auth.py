@@ -1,4 +1,4 @@
-"""Optional API keys on ``/v1/*``: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
+"""Optional API keys on ``/v1/*`` and ``/invocations``: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
 
 Keys are compared as SHA-256 digests with ``hmac.compare_digest`` against every configured key, with no
 early exit, so neither a key's length nor which key nearly matched shows in the response time. The keys
@@ -14,7 +14,8 @@ from flask import Flask
 
 from api.errors import Unauthorized
 
-PROTECTED_PREFIX = "/v1/"
+# /invocations (MLflow's scoring protocol) classifies as /v1 does; /ping, /version and health stay open.
+PROTECTED_PREFIXES = ("/v1/", "/invocations")
 
 
 def parse_keys(value: str | None) -> list[str]:
@@ -52,7 +53,7 @@ def presented_key(authorization: str | None, api_key: str | None) -> str | None:
 
 
 class ApiKeyMiddleware:
-    """Answer 401 on ``/v1/*`` without a right key; everything else passes straight through.
+    """Answer 401 on ``/v1/*`` and ``/invocations`` without a right key; everything else passes straight through.
 
     A WSGI middleware rather than a Flask ``before_request`` hook: measured, the hook's dispatch cost
     5 µs a request on top of the check's 1 µs.
@@ -64,7 +65,7 @@ class ApiKeyMiddleware:
         self.keys = keys
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO", "").startswith(PROTECTED_PREFIX) and not self.keys.accepts(
+        if environ.get("PATH_INFO", "").startswith(PROTECTED_PREFIXES) and not self.keys.accepts(
                 presented_key(environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_X_API_KEY"))):
             # Rare path: let Flask route the request (for raisedOn) and build the envelope as for any error.
             with self.flask.request_context(environ):
@@ -74,7 +75,7 @@ class ApiKeyMiddleware:
 
 
 def init_app(app: Flask, keys: Iterable[str]) -> None:
-    """Require a key on ``/v1/*`` when ``keys`` is not empty; with no keys, add nothing to the request path."""
+    """Require a key on the protected paths when ``keys`` is not empty; with none, add nothing to the request path."""
     api_keys = ApiKeys(keys)
     if api_keys:
         app.wsgi_app = ApiKeyMiddleware(app, api_keys)  # type: ignore[method-assign]
