@@ -1,5 +1,5 @@
 # The two commands a newcomer needs are `make up` and `make test`; the rest are conveniences.
-.PHONY: up test lock train worker api api-gunicorn bench side-by-side load soak clean help
+.PHONY: up test lock train reload rollback worker api api-gunicorn bench side-by-side load soak clean help
 # scripts/lib.sh is bash; make's default /bin/sh is dash on Debian.
 SHELL := /bin/bash
 
@@ -17,6 +17,12 @@ lock:  ## re-pin uv.lock after editing pyproject.toml's dependencies (ARGS=--upg
 
 train:  ## train, register and promote if at least as good (ARGS=--force to always promote)
 	@. scripts/lib.sh && ensure_venv api,worker,training && .venv/bin/python -m training $(ARGS)
+
+reload:  ## make every worker check the champion alias now and swap in a new version (they also poll)
+	@. scripts/lib.sh && ensure_venv api,worker,training && .venv/bin/python -m shared.reload $(ARGS)
+
+rollback:  ## move the champion alias back to the version it replaced; the workers follow
+	@. scripts/lib.sh && ensure_venv api,worker,training && .venv/bin/python -m training.rollback $(ARGS)
 
 worker:  ## run one worker in the foreground
 	.venv/bin/celery -A worker worker --without-gossip --without-mingle

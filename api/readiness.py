@@ -17,8 +17,9 @@ from shared import tasks
 
 log = logging.getLogger(__name__)
 
-# How long workers get to reply to the model-info broadcast, and how long a request waits for it at most.
-REPLY_SECONDS = 1.5
+# How long workers get to reply to the model-info broadcast (every worker's reply is awaited, so /readyz lists
+# what each one serves), and how long a request waits for it at most.
+REPLY_SECONDS = 1.0
 WAIT_SECONDS = 2.5
 
 
@@ -57,7 +58,7 @@ class WorkerCheck:
         for attempt in (1, 2):  # after Redis restarts, the pooled connection fails once; a fresh one answers
             try:
                 replies = self.celery.control.broadcast(tasks.MODEL_INFO_COMMAND, reply=True,
-                                                        timeout=REPLY_SECONDS, limit=1) or []
+                                                        timeout=REPLY_SECONDS) or []
                 break
             except Exception as exc:
                 if attempt == 2:

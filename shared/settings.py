@@ -16,6 +16,9 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str = "sqlite:///mlruns.db"
     iris_model_name: str = "iris-classifier"
     iris_model_alias: str = "champion"
+    # Workers check every this many seconds whether the alias names another version, and swap it in live
+    # (worker/swap.py); `make reload` makes them check at once.
+    model_poll_seconds: float = Field(15.0, gt=0)
     iris_queue: str = "iris"
     port: int = Field(9191, ge=1, le=65535)
     api_host: str = "0.0.0.0"

@@ -10,3 +10,7 @@ CLASSIFY_ROWS = "iris.classify_rows"
 
 # Remote-control command a worker answers only once its model is loaded and warm.
 MODEL_INFO_COMMAND = "iris_model_info"
+
+# Remote-control command that makes every worker check its model alias now, rather than at its next poll
+# (MODEL_POLL_SECONDS); it answers at once with a ticket that MODEL_INFO_COMMAND's reply answers once checked.
+RELOAD_MODEL_COMMAND = "iris_reload_model"

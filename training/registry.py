@@ -1,4 +1,8 @@
-"""Decide whether a newly registered version becomes the champion, and move the alias when it does."""
+"""Decide whether a newly registered version becomes the champion, and move the alias when it does.
+
+Each move tags the new champion with the version it replaced (``previous_<alias>``), which is what
+``python -m training.rollback`` moves the alias back to.
+"""
 
 from dataclasses import dataclass
 
@@ -50,9 +54,22 @@ def champion_f1(client: MlflowClient, version: ModelVersion) -> float | None:
     return float(tagged) if tagged is not None else None
 
 
+def previous_tag(alias: str) -> str:
+    """Return the version tag that names the version a promotion to ``alias`` replaced: ``previous_champion``."""
+    return f"previous_{alias}"
+
+
 def promote(client: MlflowClient, name: str, alias: str, version: str | int) -> None:
-    """Point the alias at the version."""
-    client.set_registered_model_alias(name, alias, str(version))
+    """Point the alias at the version, recording on it the version it replaces (training/rollback.py's target)."""
+    champion = get_champion(client, name, alias)
+    _move_alias(client, name, alias, str(version), str(champion.version) if champion is not None else None)
+
+
+def _move_alias(client: MlflowClient, name: str, alias: str, version: str, replaced: str | None) -> None:
+    if replaced is not None and replaced != version:
+        # Tag first: the alias never names a champion whose predecessor is unrecorded.
+        client.set_model_version_tag(name, version, previous_tag(alias), replaced)
+    client.set_registered_model_alias(name, alias, version)
 
 
 @dataclass(frozen=True)
@@ -100,7 +117,7 @@ def promote_if_better(
     current_f1 = champion_f1(client, champion) if champion is not None else None
     promoted = should_promote(candidate_f1, current_f1, force)
     if promoted:
-        promote(client, name, alias, version)
+        _move_alias(client, name, alias, version, str(champion.version) if champion is not None else None)
     return PromotionOutcome(
         name=name,
         alias=alias,

@@ -1,38 +1,50 @@
-"""Build the worker's Celery app: load and warm the champion before the worker takes any task."""
+"""Build the worker's Celery app: load and warm the champion before the worker takes any task, then follow it."""
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, signals
-from celery.worker.control import inspect_command
+from celery.worker.control import control_command, inspect_command
 
 from shared import tasks as names
 from shared.celery_app import create_celery
 from shared.settings import get_settings
 from worker import watchdog
-from worker.model import ModelLoadError, ServedModel, load_served_model
+from worker.model import ModelLoadError, Registry, ServedModel
+from worker.poller import ModelPoller
+from worker.swap import ModelSwapper
 from worker.tasks import register_tasks
 
-_served: ServedModel | None = None
+_swapper: ModelSwapper | None = None
+_poller: ModelPoller | None = None
 
 
 def served_model() -> ServedModel:
-    """Return this process's model; it is loaded before the worker consumes, so never None here."""
-    if _served is None:
+    """Return the model serving now: one read of one reference, so whoever calls it once per batch gets one version."""
+    model = _swapper.current if _swapper is not None else None
+    if model is None:
         raise ModelLoadError("the model is not loaded in this process")
-    return _served
+    return model
 
 
 def _load_model(**_: Any) -> None:
     """Load the champion once in the main process; forked pool processes inherit it."""
-    global _served
-    if _served is not None:
+    global _swapper
+    if _swapper is not None:
         return
+    settings = get_settings()
     try:
-        _served = load_served_model(get_settings())
+        registry = Registry(settings)
+        swapper = ModelSwapper(registry.resolve, registry.load)
+        model = swapper.start()
     except ModelLoadError as exc:
         print(f"iris worker: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+    print(f"iris worker: serving {settings.iris_model_name} version {model.version} (run {model.run_id}) from "
+          f"{settings.mlflow_tracking_uri}; checking {settings.model_uri} every {settings.model_poll_seconds:g} s",
+          file=sys.stderr, flush=True)
+    _swapper = swapper
 
 
 def _warm_child(**_: Any) -> None:
@@ -40,10 +52,60 @@ def _warm_child(**_: Any) -> None:
     served_model().warm()
 
 
+def _pool_recycler(consumer: Any) -> Callable[[ServedModel], None] | None:
+    """Return how a prefork pool's children get a swapped-in model, or None when the pool shares this process.
+
+    The children hold the model they were forked with. Celery's documented ``pool_restart`` command, sent to
+    this worker alone, makes each child exit after its current task and forks a replacement that inherits
+    the new model; a job sent to a child that exits is given to another. It runs on the consumer's thread,
+    where the pool may be touched; solo and threads pools read the new reference at once.
+    """
+    from celery.concurrency.prefork import TaskPool
+
+    if not isinstance(consumer.pool, TaskPool):
+        return None
+    app, hostname = consumer.app, consumer.hostname
+
+    def recycle(_: ServedModel) -> None:
+        app.control.pool_restart(destination=[hostname], reply=False)
+
+    return recycle
+
+
+def _start_polling(sender: Any, **_: Any) -> None:
+    """Once the consumer is ready, check the alias every MODEL_POLL_SECONDS in a thread of this process."""
+    global _poller
+    if _swapper is None or _poller is not None:
+        return
+    _swapper.on_swap = _pool_recycler(sender)
+    _poller = ModelPoller(_swapper.check, get_settings().model_poll_seconds)
+    _poller.start()
+
+
+def _stop_polling(**_: Any) -> None:
+    if _poller is not None:
+        _poller.stop()
+
+
+def _info() -> dict[str, Any]:
+    if _swapper is None:
+        return {}
+    polling = _poller.info() if _poller is not None else {}
+    return {**_swapper.info(), **polling, "model_alias": get_settings().iris_model_alias}
+
+
 @inspect_command(name=names.MODEL_INFO_COMMAND)
 def iris_model_info(state: Any) -> dict[str, Any]:
-    """Answer readiness probes with the model this worker serves."""
-    return served_model().info()
+    """Answer readiness probes with the model this worker serves and what its swaps did."""
+    return _info()
+
+
+@control_command(name=names.RELOAD_MODEL_COMMAND)
+def iris_reload_model(state: Any) -> dict[str, Any]:
+    """Make the poller check the alias now; answer at once, with the request's number, never waiting for it."""
+    if _poller is None:
+        return {"error": "this worker is not polling yet"}
+    return {"ok": "model check requested", "ticket": _poller.request(), **_info()}
 
 
 def create_worker_app() -> Celery:
@@ -53,8 +115,12 @@ def create_worker_app() -> Celery:
     app.conf.worker_pool = settings.worker_pool
     if settings.worker_concurrency:
         app.conf.worker_concurrency = settings.worker_concurrency
+    # Lets a prefork pool's children be replaced after a model swap (_pool_recycler); unused by solo.
+    app.conf.worker_pool_restarts = True
     register_tasks(app, served_model)
     signals.worker_init.connect(_load_model, weak=False)
     signals.worker_process_init.connect(_warm_child, weak=False)
+    signals.worker_ready.connect(_start_polling, weak=False)
+    signals.worker_shutting_down.connect(_stop_polling, weak=False)
     watchdog.install(app, settings)
     return app

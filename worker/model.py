@@ -1,4 +1,4 @@
-"""Load the champion from the MLflow registry and predict on numpy arrays, never pandas."""
+"""Load model versions from the MLflow registry and predict on numpy arrays, never pandas."""
 
 import sys
 import time
@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from shared.schemas import FEATURES
+from shared.schemas import FEATURES, LABELS
 from shared.settings import Settings
 
 
 class ModelLoadError(RuntimeError):
-    """The champion model could not be resolved or loaded."""
+    """A model version could not be resolved, loaded, warmed or matched to the contract."""
 
 
 def numpy_predict_proba(estimator: Any) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -95,27 +95,71 @@ class ServedModel:
         ]
 
 
+def check_contract(model: ServedModel) -> None:
+    """Refuse a model whose labels are not the contract's LABELS (its features are checked when it is built)."""
+    if sorted(model.labels) != sorted(LABELS):
+        raise ModelLoadError(f"model predicts labels {model.labels}, the contract has {list(LABELS)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def ready_model(estimator: Any, name: str, version: str, run_id: str) -> ServedModel:
+    """Wrap a loaded estimator, check it against the contract and warm it; raise ModelLoadError if it cannot serve."""
+    try:
+        model = ServedModel(estimator=estimator, name=name, version=version, run_id=run_id)
+        check_contract(model)
+        model.warm()
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # no classes_, a predict_proba that fails or answers the wrong shape, ...
+        raise ModelLoadError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+    return model
+
+
+class Registry:
+    """The MLflow registry as a worker uses it: resolve the alias to a version, and load one pinned version."""
+
+    def __init__(self, settings: Settings) -> None:
+        import mlflow
+        from mlflow import MlflowClient
+
+        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        self.settings = settings
+        self.client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+
+    def resolve(self) -> str:
+        """Return the version the alias names now."""
+        settings = self.settings
+        try:
+            return str(self.client.get_model_version_by_alias(settings.iris_model_name,
+                                                              settings.iris_model_alias).version)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load {settings.model_uri} from {settings.mlflow_tracking_uri}: "
+                                 f"{_first_line(exc)}") from exc
+
+    def load(self, version: str) -> ServedModel:
+        """Load one version's sklearn flavour, check it against the contract and warm it, or raise ModelLoadError."""
+        import mlflow.sklearn
+
+        name = self.settings.iris_model_name
+        uri = f"models:/{name}/{version}"
+        # The pipeline was fitted on named columns; numpy rows are already in that order (see columns).
+        warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
+        try:
+            run_id = self.client.get_model_version(name, version).run_id
+            # Pinned to the version, so a promotion during the load cannot mix two models.
+            return ready_model(mlflow.sklearn.load_model(uri), name, str(version), str(run_id))
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load {uri} from {self.settings.mlflow_tracking_uri}: "
+                                 f"{_first_line(exc)}") from exc
+
+
 def load_served_model(settings: Settings) -> ServedModel:
     """Resolve the alias to one registry version, load that version's sklearn flavour and warm it."""
-    import mlflow
-    import mlflow.sklearn
-    from mlflow import MlflowClient
-
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    client = MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(settings.iris_model_name, settings.iris_model_alias)
-        # Pin the resolved version so a promotion during start-up cannot mix two models.
-        estimator = mlflow.sklearn.load_model(f"models:/{settings.iris_model_name}/{version.version}")
-    except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelLoadError(f"cannot load {settings.model_uri} from {settings.mlflow_tracking_uri}: "
-                             f"{reason}") from exc
-    # The pipeline was fitted on named columns; numpy rows are already in that order (see columns).
-    warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
-    model = ServedModel(estimator=estimator, name=settings.iris_model_name, version=str(version.version),
-                        run_id=str(version.run_id))
-    model.warm()
+    registry = Registry(settings)
+    model = registry.load(registry.resolve())
     print(f"iris worker: serving {settings.iris_model_name} version {model.version} "
           f"(run {model.run_id}) from {settings.mlflow_tracking_uri}", file=sys.stderr, flush=True)
     return model

@@ -24,7 +24,11 @@ def _rows_or_raise(payloads: list[Any], title: str) -> list[list[float]]:
 
 
 def register_tasks(app: Celery, model: Callable[[], ServedModel]) -> None:
-    """Register the iris tasks on ``app``; ``model`` returns the process's loaded model."""
+    """Register the iris tasks on ``app``; ``model`` returns the model serving now.
+
+    Each task calls ``model()`` once and predicts all its rows with that object: a live swap (worker/swap.py)
+    between two calls would otherwise answer one message with two versions.
+    """
 
     @app.task(name=names.CLASSIFY, throws=(PayloadValidationError,))
     def classify(payload: dict[str, Any]) -> dict[str, Any]:
