@@ -18,9 +18,12 @@ from shared import tasks
 log = logging.getLogger(__name__)
 
 # How long workers get to reply to the model-info broadcast (every worker's reply is awaited, so /readyz lists
-# what each one serves), and how long a request waits for it at most.
-REPLY_SECONDS = 1.0
+# what each one serves), and how long a request waits for a check at most.
+REPLY_SECONDS = 1.5
 WAIT_SECONDS = 2.5
+# A reading younger than this many times max_age is answered at once while a fresh check runs behind it, so
+# frequent probes (Kubernetes' default timeout is 1 s) do not wait out REPLY_SECONDS; older ones wait.
+STALE_FACTOR = 2
 
 
 class WorkerCheck:
@@ -40,18 +43,19 @@ class WorkerCheck:
     def workers(self) -> dict[str, Any]:
         """Return {worker name: model info} of the workers that replied; raise a 503 if the check hangs."""
         checked, workers = self._last
-        if workers and time.monotonic() - checked < self.max_age:
+        age = time.monotonic() - checked
+        if workers and age < self.max_age:
             return workers
         if self._pid != os.getpid():  # threads do not survive a fork: one pool per server process
             self._pool, self._pid, self._running = ThreadPoolExecutor(1, "iris-readiness"), os.getpid(), None
         if self._running is None or self._running.done():
             self._running = self._pool.submit(self._ask)
+        if workers and age < self.max_age * STALE_FACTOR:
+            return workers  # the check just started refreshes the reading for the next request
         try:
-            workers = self._running.result(timeout=WAIT_SECONDS)
+            return self._running.result(timeout=WAIT_SECONDS)
         except FutureTimeout:
             raise QueueUnavailable("Redis does not answer") from None
-        self._last = (time.monotonic(), workers)
-        return workers
 
     def _ask(self) -> dict[str, Any]:
         replies: list[dict[str, Any]] = []
@@ -63,8 +67,10 @@ class WorkerCheck:
             except Exception as exc:
                 if attempt == 2:
                     log.warning("readiness: broadcast failed: %s", exc)
-        return {name: info for reply in replies for name, info in reply.items()
-                if isinstance(info, dict) and info.get("model_version")}
+        workers = {name: info for reply in replies for name, info in reply.items()
+                   if isinstance(info, dict) and info.get("model_version")}
+        self._last = (time.monotonic(), workers)
+        return workers
 
 
 class Readiness:

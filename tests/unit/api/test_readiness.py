@@ -1,5 +1,6 @@
 """GET /readyz's check: ready with workers and depth, or the 503 that names why."""
 
+import time
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -116,3 +117,33 @@ def test_the_worker_check_keeps_only_workers_with_a_loaded_model() -> None:
     check = WorkerCheck(cast(Celery, SimpleNamespace(control=SimpleNamespace(broadcast=broadcast))))
     assert check.workers() == WORKERS
     assert calls[0][0] == tasks.MODEL_INFO_COMMAND and calls[0][1]["reply"] is True
+
+
+def test_the_worker_check_waits_for_every_worker_not_the_first_reply() -> None:
+    calls: list[dict[str, Any]] = []
+
+    def broadcast(command: str, **kwargs: Any) -> list[dict[str, Any]]:
+        calls.append(kwargs)
+        return [{"celery@w1": WORKERS["celery@w1"]}]
+
+    WorkerCheck(cast(Celery, SimpleNamespace(control=SimpleNamespace(broadcast=broadcast)))).workers()
+    assert "limit" not in calls[0]
+
+
+def test_a_recent_reading_answers_at_once_while_a_fresh_check_replaces_it() -> None:
+    replies = [[{"celery@w1": {"model_version": "2"}}]]
+    check = WorkerCheck(cast(Celery, SimpleNamespace(control=SimpleNamespace(
+        broadcast=lambda command, **kwargs: replies[0]))), max_age=2.0)
+    old = {"celery@w1": {"model_version": "1"}}
+    check._last = (time.monotonic() - 3.0, old)  # past max_age, within the stale window
+    assert check.workers() == old
+    assert check._running is not None
+    check._running.result(timeout=5)
+    assert check.workers() == {"celery@w1": {"model_version": "2"}}
+
+
+def test_an_old_reading_waits_for_a_fresh_check() -> None:
+    check = WorkerCheck(cast(Celery, SimpleNamespace(control=SimpleNamespace(
+        broadcast=lambda command, **kwargs: []))), max_age=2.0)
+    check._last = (time.monotonic() - 10.0, {"celery@w1": {"model_version": "1"}})
+    assert check.workers() == {}
