@@ -7,7 +7,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +190,28 @@ class RedisServer:
     def resume(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGCONT)
+
+
+@contextmanager
+def api_server(env: dict[str, str], server: str = "gunicorn", **settings: str) -> Iterator[str]:
+    """Run the API as ``gunicorn -c gunicorn.conf.py`` or ``python -m api`` (granian) on a free port, with extra
+    settings as environment variables, until it answers /readyz; yield its base URL, and stop it after."""
+    port = free_port()
+    env = {**env, **settings, "PORT": str(port), "GUNICORN_BIND": f"127.0.0.1:{port}", "API_HOST": "127.0.0.1"}
+    argv = ["gunicorn", "-c", "gunicorn.conf.py"] if server == "gunicorn" else ["api"]
+    proc = subprocess.Popen([sys.executable, "-m", *argv], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/readyz", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "API did not become ready"
+                time.sleep(0.2)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)

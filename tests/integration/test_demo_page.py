@@ -3,10 +3,6 @@
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT, SEED_EXAMPLE, WorkerProcess, free_port
+from tests.helpers import SEED_EXAMPLE, WorkerProcess, api_server
 
 API_KEY = "demo-page-test-key"
 
@@ -46,24 +42,8 @@ def chromium() -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def api_url(stack_env: dict[str, str], worker: WorkerProcess) -> Iterator[str]:
     """The API as gunicorn runs it, with API keys on, on a free port."""
-    port = free_port()
-    env = {**stack_env, "PORT": str(port), "GUNICORN_BIND": f"127.0.0.1:{port}", "API_KEYS": API_KEY}
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/readyz", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "API did not become ready"
-                time.sleep(0.2)
+    with api_server(stack_env, API_KEYS=API_KEY) as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
 
 
 @pytest.fixture

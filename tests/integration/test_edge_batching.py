@@ -1,11 +1,6 @@
 """Edge batching under real concurrency: every request gets its own answer and its own task id."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,31 +10,15 @@ import pytest
 from sklearn.datasets import load_iris
 
 from shared.schemas import FEATURES
-from tests.helpers import ROOT, WorkerProcess, free_port, make_settings
+from tests.helpers import WorkerProcess, api_server, make_settings
 from worker.model import load_served_model
 
 
 @pytest.fixture
 def api_url(stack_env: dict[str, str], worker: WorkerProcess) -> Iterator[str]:
     """The API as gunicorn runs it (two processes, threads), on a free port."""
-    port = free_port()
-    env = {**stack_env, "PORT": str(port), "GUNICORN_BIND": f"127.0.0.1:{port}", "BATCH_MAX_WAIT_MS": "5"}
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/readyz", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "API did not become ready"
-                time.sleep(0.2)
+    with api_server(stack_env, BATCH_MAX_WAIT_MS="5") as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
 
 
 def post(url: str, body: dict[str, float]) -> tuple[int, dict]:  # type: ignore[type-arg]

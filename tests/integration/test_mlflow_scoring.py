@@ -1,11 +1,6 @@
 """MLflow's own scoring client against the real API (granian) and a real worker: it gets the model's labels."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +13,7 @@ from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 from sklearn.datasets import load_iris
 
 from shared.schemas import FEATURES
-from tests.helpers import ROOT, WorkerProcess, free_port, make_settings
+from tests.helpers import WorkerProcess, api_server, make_settings
 from worker.model import ServedModel, load_served_model
 
 # Two rows of each species, so that a label mix-up between rows cannot pass unseen.
@@ -28,23 +23,8 @@ PICKS = [0, 25, 50, 75, 100, 125]
 @pytest.fixture(scope="module")
 def api_port(stack_env: dict[str, str], worker: WorkerProcess) -> Iterator[int]:
     """The API as ``python -m api`` serves it (granian, one process), on a free port, ready for work."""
-    port = free_port()
-    env = {**stack_env, "PORT": str(port), "API_HOST": "127.0.0.1", "WEB_CONCURRENCY": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "API did not become ready"
-                time.sleep(0.2)
-        yield port
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
+    with api_server(stack_env, server="granian", WEB_CONCURRENCY="1") as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="module")

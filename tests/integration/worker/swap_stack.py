@@ -1,8 +1,6 @@
 """Helpers for the live-swap tests: a registered model of the test's own, the API process, and steady traffic."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -26,7 +24,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from shared.schemas import FEATURES, LABELS
-from tests.helpers import ROOT, SEED_EXAMPLE, WorkerProcess, free_port
+from tests.helpers import ROOT, SEED_EXAMPLE, WorkerProcess, api_server
 from training.registry import promote
 
 ALIAS = "champion"
@@ -77,24 +75,8 @@ class PreforkWorker(WorkerProcess):
 @contextmanager
 def api_process(env: dict[str, str]) -> Iterator[str]:
     """Run the API as gunicorn does (two processes, threads) on a free port; yield its base URL."""
-    port = free_port()
-    env = {**env, "PORT": str(port), "GUNICORN_BIND": f"127.0.0.1:{port}", "BATCH_MAX_WAIT_MS": "5"}
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/readyz", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "API did not become ready"
-                time.sleep(0.2)
+    with api_server(env, BATCH_MAX_WAIT_MS="5") as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
 
 
 def get_json(url: str) -> tuple[int, dict[str, Any]]:
