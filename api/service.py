@@ -103,9 +103,9 @@ class ClassifyService:
         task_id = str(uuid.uuid4())
         set_task_id(task_id)
         request_id = current_request_id()
+        if remember:
+            self._remember(task_id, self._settings.result_expires_seconds)
         try:
-            if remember:
-                self._results.set(self._issued_key(task_id), b"1", ex=self._settings.result_expires_seconds)
             self._celery.send_task(name, args=[argument], task_id=task_id, queue=self._settings.iris_queue,
                                    headers={"request_id": request_id} if request_id is not None else None)
         except Exception as exc:

@@ -101,7 +101,8 @@ def check_contract(model: ServedModel) -> None:
         raise ModelLoadError(f"model predicts labels {model.labels}, the contract has {list(LABELS)}")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """Return an error's first line (its type when it has no message), for one-line log and refusal reasons."""
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
@@ -114,7 +115,7 @@ def ready_model(estimator: Any, name: str, version: str, run_id: str) -> ServedM
     except ModelLoadError:
         raise
     except Exception as exc:  # no classes_, a predict_proba that fails or answers the wrong shape, ...
-        raise ModelLoadError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"{type(exc).__name__}: {first_line(exc)}") from exc
     return model
 
 
@@ -137,7 +138,7 @@ class Registry:
                                                               settings.iris_model_alias).version)
         except Exception as exc:
             raise ModelLoadError(f"cannot load {settings.model_uri} from {settings.mlflow_tracking_uri}: "
-                                 f"{_first_line(exc)}") from exc
+                                 f"{first_line(exc)}") from exc
 
     def load(self, version: str) -> ServedModel:
         """Load one version's sklearn flavour, check it against the contract and warm it, or raise ModelLoadError."""
@@ -153,7 +154,7 @@ class Registry:
             return ready_model(mlflow.sklearn.load_model(uri), name, str(version), str(run_id))
         except Exception as exc:
             raise ModelLoadError(f"cannot load {uri} from {self.settings.mlflow_tracking_uri}: "
-                                 f"{_first_line(exc)}") from exc
+                                 f"{first_line(exc)}") from exc
 
 
 def load_served_model(settings: Settings) -> ServedModel:

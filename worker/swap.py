@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
-from worker.model import ModelLoadError, ServedModel
+from worker.model import ModelLoadError, ServedModel, first_line
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,6 @@ class SwapCounters:
     swaps: int = 0
     load_failures: int = 0  # versions refused
     check_failures: int = 0  # checks that could not ask the registry
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 class ModelSwapper:
@@ -94,7 +90,7 @@ class ModelSwapper:
             self.on_swap(model)
         except Exception as exc:
             log.error("after swapping in version %s: %s; trying again at the next check", model.version,
-                      _reason(exc), extra={"event": "model_swap_hook_failed", "model_version": model.version})
+                      first_line(exc), extra={"event": "model_swap_hook_failed", "model_version": model.version})
             return
         if self._unannounced is model:
             self._unannounced = None
@@ -106,9 +102,9 @@ class ModelSwapper:
             self.counters.check_failures += 1
             if not self._unreachable:  # one line per outage, not one per poll
                 log.warning("model check: the registry does not answer, the served version stays: %s",
-                            _reason(exc), extra={"event": "model_check_failed"})
+                            first_line(exc), extra={"event": "model_check_failed"})
             self._unreachable = True
-            return Outcome.UNREACHABLE, None, _reason(exc)
+            return Outcome.UNREACHABLE, None, first_line(exc)
         self._unreachable = False
         serving = self.current.version if self.current is not None else None
         if version == serving:
@@ -132,7 +128,7 @@ class ModelSwapper:
         return Outcome.SWAPPED, version, None
 
     def _refuse(self, version: str, serving: str | None, exc: Exception) -> tuple[Outcome, str, str]:
-        reason = _reason(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {_reason(exc)}"
+        reason = first_line(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {first_line(exc)}"
         self.counters.load_failures += 1
         self.refused = version
         self.last_failure = {"version": version, "error": reason, "at": self._clock()}
