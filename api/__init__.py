@@ -14,7 +14,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from api import auth, extension, handlers
     from api.access_log import AccessLogMiddleware
     from api.request_id import RequestIdMiddleware
-    from api.routes import classify, demo, health, mlflow_scoring, tasks
+    from api.routes import classify, demo, docs, health, mlflow_scoring, tasks
 
     settings = settings or get_settings()
     app = Flask(__name__, static_folder=None)
@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(demo.bp)  # GET /: the demo page (api/static/demo/), outside /v1
     app.register_blueprint(mlflow_scoring.bp)  # /invocations, /ping, /version: MLflow's scoring protocol
+    app.register_blueprint(docs.bp)  # /openapi.json and Swagger UI at /docs, outside /v1
     if settings.access_log:
         app.wsgi_app = AccessLogMiddleware(app.wsgi_app)  # type: ignore[method-assign]
     app.wsgi_app = RequestIdMiddleware(app.wsgi_app)  # type: ignore[method-assign]

@@ -64,8 +64,8 @@ def _pick_format(document: Any) -> tuple[str, Any]:
     unknown = sorted(key for key in document if key not in FORMATS and key != PARAMS)
     if unknown:
         raise InvalidInput(f"unknown top-level field(s) {', '.join(unknown)}; the body must be {expected}")
-    if document.get(PARAMS):
-        raise InvalidInput("this model takes no params; leave out params or send it empty")
+    if document.get(PARAMS, {}) not in ({}, None):  # not just falsy: false, 0 and [] are not params either
+        raise InvalidInput("this model takes no params; leave out params or send it empty ({} or null)")
     return names[0], document[names[0]]
 
 

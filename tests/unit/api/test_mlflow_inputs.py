@@ -65,6 +65,7 @@ def test_integers_are_measurements_as_in_the_seed_contract() -> None:
     ({"inputs": ROWS, "instances": ROWS}, "got 2 of them"),
     ({"inputs": ROWS, "extra": 1}, "unknown top-level field(s) extra"),
     ({"inputs": ROWS, "params": {"top_k": 1}}, "takes no params"),
+    ({"inputs": ROWS, "params": False}, "takes no params"),  # schemathesis found falsy non-objects accepted
     ({"dataframe_split": ROWS}, "dataframe_split must be an object"),
     ({"dataframe_split": {"data": ROWS}}, "must have columns and data"),
     ({"dataframe_split": {"columns": list(FEATURES), "data": ROWS, "dtype": "x"}}, "must have columns and data"),
