@@ -2,10 +2,13 @@
 
 import os
 
+from api import metrics_dir
 from shared.logs import logging_config
 from shared.settings import get_settings
 
 _settings = get_settings()
+# In the master, before it forks: each worker's figures go to files there, and /metrics sums them.
+metrics_dir.prepare(_settings)
 
 wsgi_app = "api.wsgi:app()"
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{_settings.port}")

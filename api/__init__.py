@@ -11,7 +11,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     Process-wide setup (logging, the GIL switch interval) belongs to the entry points: api/wsgi.py for granian
     and gunicorn.
     """
-    from api import auth, extension, handlers
+    from api import auth, extension, handlers, metrics
     from api.access_log import AccessLogMiddleware
     from api.request_id import RequestIdMiddleware
     from api.routes import classify, demo, docs, health, mlflow_scoring, tasks
@@ -22,13 +22,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = max(1_000_000, settings.batch_max_rows * 200)
     handlers.init_app(app)
     auth.init_app(app, auth.parse_keys(settings.api_keys.get_secret_value() if settings.api_keys else None))
-    extension.init_app(app, settings)
+    services = extension.init_app(app, settings)
     app.register_blueprint(classify.bp)
     app.register_blueprint(tasks.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(demo.bp)  # GET /: the demo page (api/static/demo/), outside /v1
     app.register_blueprint(mlflow_scoring.bp)  # /invocations, /ping, /version: MLflow's scoring protocol
     app.register_blueprint(docs.bp)  # /openapi.json and Swagger UI at /docs, outside /v1
+    metrics.init_app(app, settings, services)  # GET /metrics, and every answer counted (METRICS=true)
     if settings.access_log:
         app.wsgi_app = AccessLogMiddleware(app.wsgi_app)  # type: ignore[method-assign]
     app.wsgi_app = RequestIdMiddleware(app.wsgi_app)  # type: ignore[method-assign]

@@ -9,6 +9,7 @@ from granian.constants import Interfaces
 from granian.log import LogLevels
 from granian.server import Server
 
+from api import metrics_dir
 from shared.logs import logging_config
 from shared.settings import get_settings
 
@@ -16,6 +17,8 @@ from shared.settings import get_settings
 def main() -> None:
     """Start the server in the foreground until SIGINT or SIGTERM."""
     settings = get_settings()
+    # Before the workers start (granian forks them): each one's figures go to files there, and /metrics sums them.
+    metrics_dir.prepare(settings)
     level = settings.loglevel.lower()
     # granian applies this in the main process and again in each worker process: JSON lines everywhere,
     # its own loggers included.

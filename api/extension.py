@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from celery import Celery
 from flask import Flask, current_app
 
+from api import metrics
 from api.admission import Admission
 from api.batcher import EdgeBatcher
 from api.circuit import Circuit
@@ -49,7 +50,8 @@ def init_app(app: Flask, settings: Settings) -> Services:
     replies = ReplyListener(settings.celery_result_backend, settings.key_prefix,
                             on_reply=lambda ids, results_, error: batcher.deliver(ids, results_, error))
     publisher = EdgePublisher(celery, settings.iris_queue, replies.ensure_started, circuit, settings.fast_paths)
-    batcher = EdgeBatcher(publisher, settings.batch_max_size, settings.batch_max_wait_ms,
+    publish = metrics.observe_batches(app, settings, publisher)  # iris_batch_size (METRICS=false: as is)
+    batcher = EdgeBatcher(publish, settings.batch_max_size, settings.batch_max_wait_ms,
                           settings.batch_max_in_flight, reply_timeout=min(settings.sync_timeout_seconds, 2.0))
     services = Services(
         settings=settings,

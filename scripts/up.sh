@@ -15,6 +15,9 @@ export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///mlruns.db}
 export PORT=${PORT:-9191}
 export WORKERS=${WORKERS:-1}
 case "$WORKERS" in ''|*[!0-9]*|0) die "WORKERS must be a whole number of at least 1, not '$WORKERS'";; esac
+# Worker N serves Prometheus metrics on WORKER_METRICS_PORT + N - 1 (0: none); the API serves /metrics on PORT.
+export WORKER_METRICS_PORT=${WORKER_METRICS_PORT:-9192}
+case "$WORKER_METRICS_PORT" in ''|*[!0-9]*) die "WORKER_METRICS_PORT must be a port number or 0, not '$WORKER_METRICS_PORT'";; esac
 # supervisord's config reads these as %(ENV_...)s.
 export UP_ROOT=$PWD
 mkdir -p "${RUN_DIR:-.run}"
@@ -86,11 +89,17 @@ until .venv/bin/python -c "import urllib.request as r; r.urlopen('http://127.0.0
   sleep 0.25
 done
 
+worker_metrics=""
+if [ "$WORKER_METRICS_PORT" -gt 0 ]; then
+  worker_metrics=", workers on ports $WORKER_METRICS_PORT-$((WORKER_METRICS_PORT + WORKERS - 1))"
+  [ "$WORKERS" -gt 1 ] || worker_metrics=", worker on port $WORKER_METRICS_PORT"
+fi
 cat <<MSG
 
   Iris classifier is ready.
     API        http://127.0.0.1:$PORT/v1/classify   (async: /v1/classify/async, poll: /v1/tasks/<id>)
     Health     http://127.0.0.1:$PORT/readyz
+    Metrics    http://127.0.0.1:$PORT/metrics (API)$worker_metrics
     Workers    $WORKERS, restarted when they exit: .venv/bin/supervisorctl -c $conf status
     Logs       $logs
 

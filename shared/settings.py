@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     # what it bypasses, pinned to the versions its contract test ran on (README, "Fast paths"). FAST_PATHS=0
     # switches every one of them to the documented API: the way out when a library upgrade breaks one.
     fast_paths: bool = True
+    # Prometheus metrics: the API's GET /metrics (summed over its server's worker processes) and each worker's
+    # own port. METRICS=false adds nothing to the request path or to the tasks, to measure what the metrics cost.
+    metrics: bool = True
+    # The port each Celery worker serves its own /metrics on (0: none). `make up` gives worker N base + N - 1.
+    worker_metrics_port: int = Field(9192, ge=0, le=65535)
 
     @property
     def model_uri(self) -> str:

@@ -77,6 +77,8 @@ def stack_env(redis_base: str, mlflow_store: str) -> dict[str, str]:
         TAG="test",
         KEY_PREFIX="iris-test:",
         LOGLEVEL="WARNING",
+        # Many test workers share this host: none serves metrics unless its test gives it a port of its own.
+        WORKER_METRICS_PORT="0",
     )
     return env
 
@@ -84,7 +86,8 @@ def stack_env(redis_base: str, mlflow_store: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def worker(stack_env: dict[str, str]) -> Iterator[WorkerProcess]:
     """One worker on queue ``iris`` shared by the tests that do not stop it."""
-    proc = WorkerProcess(stack_env, name="shared").start()
+    # A metrics port of its own: tests/integration/test_metrics.py scrapes it.
+    proc = WorkerProcess({**stack_env, "WORKER_METRICS_PORT": str(free_port())}, name="shared").start()
     yield proc
     proc.stop()
 

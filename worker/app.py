@@ -11,6 +11,7 @@ from shared import tasks as names
 from shared.celery_app import create_celery
 from shared.settings import get_settings
 from worker import watchdog
+from worker.metrics import WorkerMetrics
 from worker.model import ModelLoadError, Registry, ServedModel
 from worker.poller import ModelPoller
 from worker.swap import ModelSwapper
@@ -117,8 +118,14 @@ def create_worker_app() -> Celery:
         app.conf.worker_concurrency = settings.worker_concurrency
     # Lets a prefork pool's children be replaced after a model swap (_pool_recycler); unused by solo.
     app.conf.worker_pool_restarts = True
-    register_tasks(app, served_model)
     signals.worker_init.connect(_load_model, weak=False)
+    if settings.metrics:
+        metrics = WorkerMetrics(settings, lambda: _swapper)
+        register_tasks(app, served_model, metrics.tasks)
+        signals.worker_init.connect(metrics.serve, weak=False)  # after the model loads: WORKER_METRICS_PORT
+        signals.worker_shutdown.connect(metrics.stop, weak=False)
+    else:
+        register_tasks(app, served_model)
     signals.worker_process_init.connect(_warm_child, weak=False)
     signals.worker_ready.connect(_start_polling, weak=False)
     signals.worker_shutting_down.connect(_stop_polling, weak=False)

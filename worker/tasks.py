@@ -1,6 +1,7 @@
 """The tasks the workers run: JSON in, JSON out, predictions vectorised per message."""
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import orjson
@@ -12,6 +13,7 @@ from shared.errors import PayloadValidationError
 from shared.schemas import ClassifyPayload, format_validation_error, rows_from_payloads
 from shared.settings import get_settings
 from worker.bypass_celery_store_result import store_many
+from worker.metrics import TaskMetrics
 from worker.model import ServedModel
 
 
@@ -23,45 +25,60 @@ def _rows_or_raise(payloads: list[Any], title: str) -> list[list[float]]:
         raise PayloadValidationError(format_validation_error(exc, title)) from None
 
 
-def register_tasks(app: Celery, model: Callable[[], ServedModel]) -> None:
-    """Register the iris tasks on ``app``; ``model`` returns the model serving now.
+def register_tasks(app: Celery, model: Callable[[], ServedModel], metrics: TaskMetrics | None = None) -> None:
+    """Register the iris tasks on ``app``; ``model`` returns the model serving now, ``metrics`` counts their runs.
 
     Each task calls ``model()`` once and predicts all its rows with that object: a live swap (worker/swap.py)
     between two calls would otherwise answer one message with two versions.
     """
+    timer: Callable[[str], Any]
+    predicted: Callable[[list[dict[str, Any]]], None]
+    if metrics is None:  # METRICS=false, or a caller with no port: nothing counted, nothing spent
+        timer, predicted = lambda _task: nullcontext(), lambda _results: None
+    else:
+        timer, predicted = metrics.timer, metrics.predicted
 
     @app.task(name=names.CLASSIFY, throws=(PayloadValidationError,))
     def classify(payload: dict[str, Any]) -> dict[str, Any]:
         """Classify one flower."""
-        if not isinstance(payload, dict):
-            raise PayloadValidationError("payload must be an object with the four measurements")
-        try:
-            row = ClassifyPayload.model_validate(payload).row()
-        except ValidationError as exc:
-            raise PayloadValidationError(format_validation_error(exc)) from None
-        return model().predict_rows([row])[0]
+        with timer(names.CLASSIFY):
+            if not isinstance(payload, dict):
+                raise PayloadValidationError("payload must be an object with the four measurements")
+            try:
+                row = ClassifyPayload.model_validate(payload).row()
+            except ValidationError as exc:
+                raise PayloadValidationError(format_validation_error(exc)) from None
+            results = model().predict_rows([row])
+            predicted(results)
+            return results[0]
 
     @app.task(name=names.CLASSIFY_BATCH, throws=(PayloadValidationError,))
     def classify_batch(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Classify many flowers with one prediction, answering in order."""
-        if not isinstance(payloads, list) or not payloads:
-            raise PayloadValidationError("payloads must be a non-empty list of objects")
-        return model().predict_rows(_rows_or_raise(payloads, "BatchPayload"))
+        with timer(names.CLASSIFY_BATCH):
+            if not isinstance(payloads, list) or not payloads:
+                raise PayloadValidationError("payloads must be a non-empty list of objects")
+            results = model().predict_rows(_rows_or_raise(payloads, "BatchPayload"))
+            predicted(results)
+            return results
 
     @app.task(name=names.CLASSIFY_ROWS, ignore_result=True)
     def classify_rows(rows: list[list[float]], task_ids: list[str], reply_to: str | None = None) -> None:
         """Predict rows gathered by an API process and answer each under its own task id."""
         stored: list[Any]
         outcome: dict[str, Any]
-        try:
-            if len(rows) != len(task_ids):
-                raise PayloadValidationError(f"{len(rows)} rows for {len(task_ids)} task ids")
-            stored = model().predict_rows(rows)
-            state, outcome = states.SUCCESS, {"results": stored}
-        except Exception as exc:
-            stored = [exc] * len(task_ids)
-            state, outcome = states.FAILURE, {"error": {"raised": type(exc).__name__, "message": str(exc)}}
-        reply = (reply_to, orjson.dumps({"ids": task_ids, **outcome})) if reply_to else None
-        settings = get_settings()
-        store_many(app.backend, task_ids, stored, state, reply, settings.row_result_expires_seconds,
-                   fast=settings.fast_paths)
+        with timer(names.CLASSIFY_ROWS):
+            try:
+                if len(rows) != len(task_ids):
+                    raise PayloadValidationError(f"{len(rows)} rows for {len(task_ids)} task ids")
+                stored = model().predict_rows(rows)
+                state, outcome = states.SUCCESS, {"results": stored}
+            except Exception as exc:
+                stored = [exc] * len(task_ids)
+                state, outcome = states.FAILURE, {"error": {"raised": type(exc).__name__, "message": str(exc)}}
+            reply = (reply_to, orjson.dumps({"ids": task_ids, **outcome})) if reply_to else None
+            settings = get_settings()
+            store_many(app.backend, task_ids, stored, state, reply, settings.row_result_expires_seconds,
+                       fast=settings.fast_paths)
+            if state == states.SUCCESS:
+                predicted(stored)

@@ -1,0 +1,113 @@
+"""The worker's Prometheus figures, served on WORKER_METRICS_PORT by its main process: task durations,
+predictions by label, and the served model and its loads, swaps and refusals, read from the swapper when scraped.
+
+The default pool, solo, runs tasks in that main process, so the port sees everything. A prefork pool runs them
+in child processes whose task and prediction figures this port does not see (the model figures stay right: the
+main process loads and swaps); run more solo workers instead, as the README's Scaling out advises.
+"""
+
+import logging
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
+from operator import itemgetter
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from shared.settings import Settings
+from worker.swap import ModelSwapper
+
+log = logging.getLogger(__name__)
+
+# A batch predicts and stores in about a millisecond; a slow Redis stretches that to seconds.
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_label = itemgetter("pred_label")
+
+
+class TaskMetrics:
+    """The figures each task adds to: its duration, and its predictions by label."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.duration = Histogram("iris_task_duration_seconds", "Time to run a task, by task name.", ["task"],
+                                  buckets=DURATION_BUCKETS, registry=registry)
+        self.predictions = Counter("iris_predictions", "Rows predicted, by predicted label.", ["label"],
+                                   registry=registry)
+        self._by_label: dict[str, Callable[[float], None]] = {}
+        self._by_task: dict[str, Any] = {}
+
+    def timer(self, task: str) -> Any:
+        """Return a context manager that observes the time spent in it as one run of ``task``."""
+        child = self._by_task.get(task)
+        if child is None:  # labels() takes a lock and builds a key: once per task name, three of them
+            child = self._by_task[task] = self.duration.labels(task)
+        return child.time()
+
+    def predicted(self, results: list[dict[str, Any]]) -> None:
+        """Count the predictions of one batch by label."""
+        for label, count in Tally(map(_label, results)).items():
+            inc = self._by_label.get(label)
+            if inc is None:  # once per label, three of them
+                inc = self._by_label[label] = self.predictions.labels(label).inc
+            inc(count)
+
+
+class SwapCollector(Collector):
+    """The served model and the swapper's counters, read when scraped: nothing on the task path."""
+
+    def __init__(self, swapper: Callable[[], ModelSwapper | None]) -> None:
+        self._swapper = swapper
+
+    def collect(self) -> Iterator[Metric]:
+        swapper = self._swapper()
+        if swapper is None:  # before the model loads
+            return
+        counters = swapper.counters
+        for name, value, text in (
+                ("iris_model_loads", counters.loads, "Model versions loaded and warmed, the first one included."),
+                ("iris_model_swaps", counters.swaps, "Model versions swapped in live."),
+                ("iris_model_load_failures", counters.load_failures, "Model versions refused: they could not "
+                                                                     "load, warm or meet the contract."),
+                ("iris_model_check_failures", counters.check_failures, "Model checks the registry did not answer.")):
+            yield CounterMetricFamily(name, text, value=value)
+        info = GaugeMetricFamily("iris_model_info", "1 for the model name and version this worker serves.",
+                                 labels=["name", "version"])
+        model = swapper.current
+        if model is not None:
+            info.add_metric([model.name, model.version], 1)
+        yield info
+
+
+class WorkerMetrics:
+    """This worker's registry, the task figures, and the HTTP server that serves them."""
+
+    def __init__(self, settings: Settings, swapper: Callable[[], ModelSwapper | None]) -> None:
+        self.port = settings.worker_metrics_port
+        self.registry = CollectorRegistry()
+        self.tasks = TaskMetrics(self.registry)
+        self.registry.register(SwapCollector(swapper))
+        self._server: Any = None
+
+    def serve(self, sender: Any = None, **_: Any) -> None:
+        """Serve /metrics on the port (worker_init: the worker's main process, never a mere importer)."""
+        if not self.port or self._server is not None:
+            return
+        pool = str(getattr(sender, "pool_cls", "")).lower()
+        if "prefork" in pool or "processes" in pool:
+            log.warning("metrics: a prefork pool counts tasks and predictions in its child processes, which port "
+                        "%d does not see; its model figures are right", self.port)
+        try:
+            self._server = start_http_server(self.port, registry=self.registry)
+        except OSError as exc:  # a taken port costs the figures, never the predictions
+            log.error("metrics: cannot serve on port %d: %s", self.port, exc)
+            return
+        log.info("metrics on port %d", self.port)
+
+    def stop(self, **_: Any) -> None:
+        """Close the server's socket at shutdown."""
+        if self._server is not None:
+            server, _thread = self._server
+            server.shutdown()
+            server.server_close()
+            self._server = None
