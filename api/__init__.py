@@ -11,7 +11,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     Process-wide setup (logging, the GIL switch interval) belongs to the entry points: api/wsgi.py for granian
     and gunicorn.
     """
-    from api import auth, extension, handlers, metrics
+    from api import auth, extension, handlers, metrics, tracing
     from api.access_log import AccessLogMiddleware
     from api.request_id import RequestIdMiddleware
     from api.routes import classify, demo, docs, health, mlflow_scoring, tasks
@@ -33,4 +33,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.access_log:
         app.wsgi_app = AccessLogMiddleware(app.wsgi_app)  # type: ignore[method-assign]
     app.wsgi_app = RequestIdMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+    tracing.init_app(app)  # a span per request, outermost; nothing unless the entry point turned tracing on
     return app

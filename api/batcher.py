@@ -34,9 +34,12 @@ class TaskError(Exception):
 
 
 class Pending:
-    """One request's row, its task id, its request id and, once answered, its result or error."""
+    """One request's row, its task id, its request id and, once answered, its result or error.
 
-    __slots__ = ("_answered", "_done", "enqueued", "error", "request_id", "result", "row", "task_id")
+    ``trace`` is the request's span when tracing is on (api/tracing.py): opaque here, passed through untouched.
+    """
+
+    __slots__ = ("_answered", "_done", "enqueued", "error", "request_id", "result", "row", "task_id", "trace")
 
     def __init__(self, row: list[float], request_id: str | None, enqueued: float) -> None:
         self.task_id = str(uuid.uuid4())
@@ -49,6 +52,7 @@ class Pending:
         self._answered = False
         self.result: Any = None
         self.error: Exception | None = None
+        self.trace: Any = None
 
     def resolve(self, result: Any = None, error: Exception | None = None) -> None:
         """Hand the answer to the waiting request thread (once; later answers are ignored)."""
@@ -64,16 +68,19 @@ class Pending:
         return self._done.acquire(timeout=timeout)
 
 
-# Publish one batch: (rows, task_ids, request_ids) -> None; raises when the broker is unreachable.
-Publisher = Callable[[list[list[float]], list[str], list[str | None]], None]
+# Publish one batch: (rows, task_ids, request_ids) -> None; raises when the broker is unreachable. With a
+# ``trace`` hook, each row's trace context follows as a fourth list (api/tracing.py's TracedPublish).
+Publisher = Callable[..., None]
 
 
 class EdgeBatcher:
     """Batch rows for ``publish`` by size, wait and free in-flight slots; see the module docstring."""
 
     def __init__(self, publish: Publisher, max_size: int, max_wait_ms: float, max_in_flight: int,
-                 reply_timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
+                 reply_timeout: float, clock: Callable[[], float] = time.monotonic,
+                 trace: Callable[[], Any] | None = None) -> None:
         self._publish = publish
+        self._trace = trace  # returns the current request's trace context; None while tracing is off
         self._max_size = max_size
         self._max_wait = max_wait_ms / 1000.0
         self._max_in_flight = max_in_flight
@@ -104,6 +111,8 @@ class EdgeBatcher:
     def enqueue(self, row: list[float], request_id: str | None = None) -> Pending:
         """Queue one row without starting the flusher (tests drive :meth:`flush_once` themselves)."""
         pending = Pending(row, request_id, self._clock())
+        if self._trace is not None:
+            pending.trace = self._trace()
         self._waiting[pending.task_id] = pending
         self._queue.put(pending)
         return pending
@@ -119,7 +128,11 @@ class EdgeBatcher:
         if slot:
             self._in_flight[key] = self._clock()
         try:
-            self._publish([p.row for p in batch], [p.task_id for p in batch], [p.request_id for p in batch])
+            if self._trace is None:
+                self._publish([p.row for p in batch], [p.task_id for p in batch], [p.request_id for p in batch])
+            else:
+                self._publish([p.row for p in batch], [p.task_id for p in batch], [p.request_id for p in batch],
+                              [p.trace for p in batch])
         except Exception as exc:
             self._release(key)
             log.warning("cannot enqueue a batch of %d: %s", len(batch), exc)

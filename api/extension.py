@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from celery import Celery
 from flask import Flask, current_app
 
-from api import metrics
+from api import metrics, tracing
 from api.admission import Admission
 from api.batcher import EdgeBatcher
 from api.circuit import Circuit
@@ -51,8 +51,12 @@ def init_app(app: Flask, settings: Settings) -> Services:
                             on_reply=lambda ids, results_, error: batcher.deliver(ids, results_, error))
     publisher = EdgePublisher(celery, settings.iris_queue, replies.ensure_started, circuit, settings.fast_paths)
     publish = metrics.observe_batches(app, settings, publisher)  # iris_batch_size (METRICS=false: as is)
+    # With tracing on, each batch publishes inside a span linked to its rows' requests; off: publish as is.
+    # Outermost: it alone takes the rows' trace contexts, as a fourth argument, and passes the three on.
+    publish, trace = tracing.edge_batch(publish, settings.iris_queue)
     batcher = EdgeBatcher(publish, settings.batch_max_size, settings.batch_max_wait_ms,
-                          settings.batch_max_in_flight, reply_timeout=min(settings.sync_timeout_seconds, 2.0))
+                          settings.batch_max_in_flight, reply_timeout=min(settings.sync_timeout_seconds, 2.0),
+                          trace=trace)
     services = Services(
         settings=settings,
         celery=celery,

@@ -12,7 +12,7 @@ echo "lint-containers: hadolint OK (Dockerfile.api, Dockerfile.worker)"
 
 if command -v docker-compose >/dev/null 2>&1; then
     docker-compose -f docker-compose.yml config -q
-    docker-compose -f docker-compose.yml --profile load config -q
+    docker-compose -f docker-compose.yml --profile load --profile observability --profile tracing config -q
     echo "lint-containers: docker-compose config OK ($(docker-compose version --short 2>/dev/null || echo unknown version))"
 else
     echo "lint-containers: docker-compose not on PATH; skipping the compose check (apt-get install docker-compose)"

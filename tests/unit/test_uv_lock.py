@@ -55,7 +55,7 @@ def uv_sync_extras(dockerfile: Path, build_args: dict[str, str]) -> list[str]:
 
 def test_api_image_installs_no_model_library() -> None:
     extras = uv_sync_extras(ROOT / "Dockerfile.api", {})
-    assert extras == ["api"]
+    assert extras == ["api", "tracing"]
     closure = locked_closure(load_lock(), extras)
     assert {"flask", "granian", "celery", "kombu", "redis"} <= closure
     assert not closure & MODEL_LIBRARIES
@@ -63,7 +63,7 @@ def test_api_image_installs_no_model_library() -> None:
 
 def test_worker_image_extras_come_from_the_comma_separated_build_arg() -> None:
     worker = ROOT / "Dockerfile.worker"
-    assert re.search(r"^ARG EXTRAS=worker$", worker.read_text(), re.MULTILINE)
+    assert re.search(r"^ARG EXTRAS=worker,tracing$", worker.read_text(), re.MULTILINE)
     assert uv_sync_extras(worker, {"EXTRAS": "worker, flower"}) == ["worker", "flower"]
     lock = load_lock()
     assert {"scikit-learn", "mlflow-skinny"} <= locked_closure(lock, ["worker"])
