@@ -1,10 +1,10 @@
 # The two commands a newcomer needs are `make up` and `make test`; the rest are conveniences.
-.PHONY: up test lock train reload rollback worker api api-gunicorn bench side-by-side load soak clean help
+.PHONY: up test lock train reload rollback worker api api-gunicorn flower mlflow-ui bench side-by-side load soak clean help
 # scripts/lib.sh is bash; make's default /bin/sh is dash on Debian.
 SHELL := /bin/bash
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 up:  ## run Redis (if needed), a champion (trained if none), WORKERS workers and the API; restart what exits
 	@scripts/up.sh
@@ -32,6 +32,14 @@ api:  ## run the API in the foreground (granian, as make up and the container do
 
 api-gunicorn:  ## run the API with gunicorn instead (the seed's server; slower here, see README)
 	.venv/bin/gunicorn -c gunicorn.conf.py
+
+flower:  ## Flower on http://localhost:5555: workers, queues, tasks of the stack make up runs (FLOWER_PORT)
+	@. scripts/lib.sh && ensure_venv flower && .venv/bin/celery --broker="$${CELERY_BROKER_URL:-redis://127.0.0.1:6379/0}" \
+		flower --port="$${FLOWER_PORT:-5555}"
+
+mlflow-ui:  ## the MLflow UI on http://localhost:8081: runs, confusion matrices, the registry and its aliases
+	@. scripts/lib.sh && ensure_venv api,worker,training && .venv/bin/mlflow ui \
+		--backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlruns.db}" --port "$${MLFLOW_PORT:-8081}"
 
 bench:  ## benchmark a running stack (make up first): sync, async, batch; report and plot in load/reports/
 	.venv/bin/python load/bench.py $(ARGS)
