@@ -4,8 +4,6 @@ The fast path (FAST_PATHS=1) must queue the very message Celery's documented ``s
 fire the same signals, or workers, Flower and tracing would see edge batches differently.
 """
 
-import uuid
-from collections.abc import Iterator
 from importlib.metadata import version
 from typing import Any
 
@@ -17,8 +15,6 @@ from kombu.transport import memory
 from api.circuit import Circuit
 from api.publisher import EdgePublisher
 from shared import tasks
-from shared.celery_app import create_celery
-from shared.settings import Settings
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [7.7, 2.6, 6.9, 2.3]]
 TASK_IDS = ["row-1", "row-2"]
@@ -34,22 +30,6 @@ def test_celery_and_kombu_are_the_versions_the_bypass_was_written_against() -> N
         f"installed {found}; api/bypass_celery_send_task_message.py was written against celery and kombu 5.7. "
         "Re-measure it (python -m load.bench_publish), re-check it against this file's tests and update this "
         "pin, or run the API with FAST_PATHS=0 (Celery's documented send_task_message)")
-
-
-@pytest.fixture
-def celery(monkeypatch: pytest.MonkeyPatch) -> Celery:
-    # Celery reads these before the URLs it is given: left set, they would point the app at Redis.
-    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
-    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
-    return create_celery(Settings(celery_broker_url="memory://", celery_result_backend="cache+memory://"))
-
-
-@pytest.fixture
-def queue() -> Iterator[str]:
-    """A queue of this test's own: kombu's memory broker keeps its queues process-wide."""
-    name = f"iris-test-{uuid.uuid4().hex}"
-    yield name
-    memory.Channel.queues.pop(name, None)
 
 
 @pytest.fixture

@@ -4,13 +4,11 @@ whose trace context both publish paths put in the message; async tasks carry the
 Spans go to an in-memory exporter and messages to kombu's in-memory broker: no network.
 """
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from celery import Celery
-from kombu.transport import memory
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, use_span
@@ -23,7 +21,6 @@ from api.publisher import EdgePublisher
 from api.tracing import BATCH_SPAN
 from shared import tasks
 from shared import tracing as shared_tracing
-from shared.celery_app import create_celery
 from shared.settings import Settings
 
 DOWN = "redis://127.0.0.1:1/0"
@@ -48,20 +45,6 @@ def traceparent(span: ReadableSpan) -> str:
     context = span.get_span_context()
     assert context is not None
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
-
-
-@pytest.fixture
-def celery(monkeypatch: pytest.MonkeyPatch) -> Celery:
-    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
-    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
-    return create_celery(Settings(celery_broker_url="memory://", celery_result_backend="cache+memory://"))
-
-
-@pytest.fixture
-def queue() -> Iterator[str]:
-    name = f"iris-test-{uuid.uuid4().hex}"
-    yield name
-    memory.Channel.queues.pop(name, None)
 
 
 def take(celery: Celery, queue: str) -> Any:
