@@ -1,17 +1,20 @@
 """Gather the rows of concurrent requests of one API process into edge batches; knows nothing of the network.
 
 Each row keeps its own task id, so polling and the 504 poll URL work per request. A batch is handed to
-``publish`` as soon as one of ``max_in_flight`` slots is free, it holds ``max_size`` rows, or its oldest row
-has waited ``max_wait_ms``: batches grow with load and stay small when idle. ``deliver`` resolves a batch's
-requests when its answer comes (api/replies.py calls it) and frees its slot.
+``publish`` as soon as one of ``max_in_flight`` slots is free, holding every row waiting (up to ``max_size``),
+or without a slot once its oldest row has waited ``max_wait_ms``: batches grow with load and stay small when
+idle. Whichever thread finds a slot free sends the batch itself, with no hand-off: a request that finds one
+free and nothing waiting publishes its own row, and ``deliver``, which resolves a batch's requests when its
+answer comes (api/replies.py calls it), first sends the rows that waited for that batch's slot. A flusher
+thread only times the rows that wait for a slot.
 """
 
 import logging
 import os
-import queue
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,14 +37,15 @@ class TaskError(Exception):
 
 
 class Pending:
-    """One request's row, its task id, its request id and, once answered, its result or error.
+    """One request's row (or a batch request's rows), its task id, its request id and, once answered, its result
+    or error.
 
     ``trace`` is the request's span when tracing is on (api/tracing.py): opaque here, passed through untouched.
     """
 
     __slots__ = ("_answered", "_done", "enqueued", "error", "request_id", "result", "row", "task_id", "trace")
 
-    def __init__(self, row: list[float], request_id: str | None, enqueued: float) -> None:
+    def __init__(self, row: Any, request_id: str | None, enqueued: float) -> None:
         self.task_id = str(uuid.uuid4())
         self.row = row
         self.request_id = request_id
@@ -86,35 +90,50 @@ class EdgeBatcher:
         self._max_in_flight = max_in_flight
         self._reply_timeout = reply_timeout
         self._clock = clock
-        self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
         self._pid: int | None = None
         self._reset()
 
     def _reset(self) -> None:
         """Start empty: a forked process inherits no rows, slots or threads."""
-        self._queue: queue.SimpleQueue[Pending] = queue.SimpleQueue()
+        # One lock for the rows and the slots; the flusher waits on it for rows to time.
+        self._cond = threading.Condition(threading.Lock())
+        self._rows: deque[Pending] = deque()
         self._waiting: dict[str, Pending] = {}
-        self._slots = threading.BoundedSemaphore(self._max_in_flight)
+        self._free = self._max_in_flight
         # First task id of each batch holding a slot -> when it was sent; its answer frees the slot.
         self._in_flight: dict[str, float] = {}
 
     def submit(self, row: list[float], request_id: str | None = None) -> Pending:
-        """Queue one row (of request ``request_id``) for the next batch and return its pending handle."""
+        """Queue one row (of request ``request_id``) and send it now if a slot is free; return its handle."""
         if self._pid != os.getpid():
-            with self._lock:
+            with self._start_lock:
                 if self._pid != os.getpid():  # after the server forks, never before
                     self._reset()
                     threading.Thread(target=self._flush_forever, name="iris-batch-flusher", daemon=True).start()
                     self._pid = os.getpid()
-        return self.enqueue(row, request_id)
+        pending = self._pending(row, request_id)
+        with self._cond:
+            self._rows.append(pending)
+            batch = self._take_with_slot()
+            if batch is None and len(self._rows) == 1:
+                self._cond.notify()  # the first row to wait for a slot: the flusher times its wait
+        if batch is not None:
+            self._send(batch, slot=True)
+        return pending
 
     def enqueue(self, row: list[float], request_id: str | None = None) -> Pending:
-        """Queue one row without starting the flusher (tests drive :meth:`flush_once` themselves)."""
+        """Queue one row without sending it or starting the flusher (tests drive :meth:`flush_once`)."""
+        pending = self._pending(row, request_id)
+        with self._cond:
+            self._rows.append(pending)
+        return pending
+
+    def _pending(self, row: list[float], request_id: str | None) -> Pending:
         pending = Pending(row, request_id, self._clock())
         if self._trace is not None:
             pending.trace = self._trace()
         self._waiting[pending.task_id] = pending
-        self._queue.put(pending)
         return pending
 
     def forget(self, pending: Pending) -> None:
@@ -122,30 +141,34 @@ class EdgeBatcher:
         self._waiting.pop(pending.task_id, None)
 
     def flush_once(self) -> list[Pending]:
-        """Wait for a row, take a batch and publish it; a failed publish fails its rows at once."""
-        batch, slot = self._next_batch()
-        key = batch[0].task_id
-        if slot:
-            self._in_flight[key] = self._clock()
-        try:
-            if self._trace is None:
-                self._publish([p.row for p in batch], [p.task_id for p in batch], [p.request_id for p in batch])
-            else:
-                self._publish([p.row for p in batch], [p.task_id for p in batch], [p.request_id for p in batch],
-                              [p.trace for p in batch])
-        except Exception as exc:
-            self._release(key)
-            log.warning("cannot enqueue a batch of %d: %s", len(batch), exc)
-            for pending in batch:
-                self._waiting.pop(pending.task_id, None)
-                pending.resolve(error=PublishFailed(str(exc)))
+        """Wait for a row that can go, with a free slot or past its wait, send its batch and return it."""
+        with self._cond:
+            while True:
+                if not self._rows:
+                    self._cond.wait()
+                    continue
+                self._expire_slots()
+                batch = self._take_with_slot()
+                if batch is not None:
+                    slot = True
+                    break
+                remaining = self._rows[0].enqueued + self._max_wait - self._clock()
+                if remaining <= 0:  # every slot is taken and the oldest row waited long enough: send anyway
+                    batch, slot = self._take(), False
+                    break
+                self._cond.wait(remaining)
+        self._send(batch, slot)
         return batch
 
     def deliver(self, task_ids: Sequence[str], results: Sequence[Any] | None = None,
                 error: TaskError | None = None) -> None:
-        """Resolve each waiting request of one answered batch and free the batch's slot."""
+        """Free the answered batch's slot, send the rows that waited for one, then resolve each of its requests."""
         if task_ids:
-            self._release(task_ids[0])
+            with self._cond:
+                self._release(task_ids[0])
+                batch = self._take_with_slot()
+            if batch is not None:  # first: the worker is waiting for work, and these rows for the worker
+                self._send(batch, slot=True)
         if results is not None and len(results) != len(task_ids):  # a malformed answer: let the rows time out
             log.warning("a reply holds %d results for %d rows; ignored", len(results), len(task_ids))
             return
@@ -154,32 +177,53 @@ class EdgeBatcher:
             if pending is not None:
                 pending.resolve(result=results[index] if results is not None else None, error=error)
 
-    def _next_batch(self) -> tuple[list[Pending], bool]:
-        """Block for one row, wait for a free slot until the oldest row's wait is over, then take all
-        rows waiting (up to ``max_size``); return them and whether a slot was taken."""
-        batch = [self._queue.get()]
-        self._expire_slots()
-        slot = self._slots.acquire(timeout=max(0.0, batch[0].enqueued + self._max_wait - self._clock()))
-        while len(batch) < self._max_size:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return batch, slot
+    def _take_with_slot(self) -> list[Pending] | None:
+        """Take a free slot and the rows waiting (up to ``max_size``) for it; None if none waits or none is free.
+
+        Called with the lock held.
+        """
+        if not self._rows or self._free <= 0:
+            return None
+        self._free -= 1
+        batch = self._take()
+        self._in_flight[batch[0].task_id] = self._clock()
+        return batch
+
+    def _take(self) -> list[Pending]:
+        """Take the oldest rows waiting, up to ``max_size`` (the lock held)."""
+        rows = self._rows
+        return [rows.popleft() for _ in range(min(len(rows), self._max_size))]
+
+    def _send(self, batch: list[Pending], slot: bool) -> None:
+        """Publish one batch; a failed publish fails its rows at once and frees its slot."""
+        try:
+            if self._trace is None:
+                self._publish([p.row for p in batch], [p.task_id for p in batch], [p.request_id for p in batch])
+            else:
+                self._publish([p.row for p in batch], [p.task_id for p in batch], [p.request_id for p in batch],
+                              [p.trace for p in batch])
+        except Exception as exc:
+            if slot:
+                with self._cond:
+                    self._release(batch[0].task_id)
+            log.warning("cannot enqueue a batch of %d: %s", len(batch), exc)
+            for pending in batch:
+                self._waiting.pop(pending.task_id, None)
+                pending.resolve(error=PublishFailed(str(exc)))
 
     def _expire_slots(self) -> None:
-        """Free the slots of batches whose answer never came (a worker died or the reply was missed)."""
+        """Free the slots of batches whose answer never came (a worker died or the reply was missed; lock held)."""
         cutoff = self._clock() - self._reply_timeout
         for key, sent in list(self._in_flight.items()):
             if sent < cutoff:
                 self._release(key)
 
     def _release(self, key: str) -> None:
-        """Free one batch's slot, once."""
+        """Free one batch's slot, once (the lock held)."""
         if self._in_flight.pop(key, None) is not None:
-            self._slots.release()
+            self._free += 1
 
     def _flush_forever(self) -> None:
-        """Publish batches as fast as slots free up."""
+        """Send the batches whose rows waited for a slot long enough, or found one freed by an expiry."""
         while True:
             self.flush_once()

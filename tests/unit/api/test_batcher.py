@@ -219,10 +219,31 @@ def test_every_row_gets_its_own_task_id() -> None:
     assert len(ids) == 100
 
 
-def test_submit_starts_the_flusher_thread_which_publishes_the_row(publisher: FakePublisher) -> None:
-    batcher = EdgeBatcher(publisher, max_size=8, max_wait_ms=1, max_in_flight=1, reply_timeout=2.0)
+def test_a_row_that_finds_a_slot_free_and_nothing_waiting_is_published_by_its_own_thread(
+        publisher: FakePublisher) -> None:
+    batcher = EdgeBatcher(publisher, max_size=8, max_wait_ms=LONG_WAIT_MS, max_in_flight=1, reply_timeout=2.0)
     pending = batcher.submit([5.1, 3.5, 1.4, 0.2], "req-1")
-    # Generous: the flusher publishes at once; this bounds a failure, it is not an interval of the batcher.
-    assert publisher.published.wait(10)
+    # Already sent when submit returns: no hand-off to another thread, and no wait, however long max_wait is.
     assert publisher.batches == [([[5.1, 3.5, 1.4, 0.2]], [pending.task_id], ["req-1"])]
     assert any(thread.name == "iris-batch-flusher" for thread in threading.enumerate())
+
+
+def test_rows_that_wait_for_a_slot_are_sent_by_the_answer_that_frees_it_before_it_resolves_its_own(
+        publisher: FakePublisher, clock: FakeClock) -> None:
+    answered_when_sent: list[bool] = []
+    first: list[Pending] = []
+
+    def publish(rows: list[list[float]], task_ids: list[str], request_ids: list[str | None]) -> None:
+        answered_when_sent.append(bool(first) and first[0].result is not None)
+        publisher(rows, task_ids, request_ids)
+
+    batcher = EdgeBatcher(publish, max_size=64, max_wait_ms=LONG_WAIT_MS, max_in_flight=1, reply_timeout=3600.0,
+                          clock=clock)
+    first.append(batcher.submit([1.0], "req-1"))
+    waiting = [batcher.submit([float(i)], f"req-{i}") for i in (2, 3)]  # every slot is taken: they wait
+    assert [batch[1] for batch in publisher.batches] == [[first[0].task_id]]
+    batcher.deliver([first[0].task_id], [{"label": "a"}])
+    assert [batch[1] for batch in publisher.batches] == [[first[0].task_id], [p.task_id for p in waiting]]
+    assert answered_when_sent == [False, False]  # the waiting rows went out before the answer was handed over
+    assert first[0].wait(0) and first[0].result == {"label": "a"}
+    assert slots_held(batcher) == {waiting[0].task_id}
