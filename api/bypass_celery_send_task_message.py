@@ -1,35 +1,78 @@
-"""Publish an edge batch's task message with kombu's ``Channel.basic_publish``, past Celery's ``send_task_message``.
+"""Publish an edge batch's task message straight onto its queue, past Celery's ``send_task_message`` and kombu's
+``Producer.publish`` and ``Channel.basic_publish``.
 
-Why: measured on 2 cores against a local Redis (``python -m load.bench_publish``: median of 5 alternating
-rounds of 3,000 publishes of an 8-row ``iris.classify_rows`` message), this path costs 234 µs a publish,
-Celery's documented ``app.amqp.send_task_message`` with a kept ``Producer`` 288 µs and ``send_task`` 375 µs.
-The difference is send_task_message's retry-policy merging and kombu's ``Producer.publish`` (serializer
-registry, declare cache, header copies) on every message.
+Why: measured on 2 cores against a local Redis (``python -m load.bench_publish``: median of 5 alternating rounds
+of 3,000 publishes of an 8-row ``iris.classify_rows`` message), this path costs 91-98 µs of CPU a publish, the
+previous fast path (Celery's ``as_task_v2`` then kombu's ``Channel.basic_publish``) 162 µs and Celery's
+documented ``app.amqp.send_task_message`` with a kept ``Producer`` 207-224 µs; about 60 µs of each is the
+LPUSH round trip itself. The difference is
+``as_task_v2`` and ``saferepr`` on every message, kombu's serializer registry, message preparation and header
+copies, and the stdlib JSON encoder, twice.
 
-It still fires Celery's ``before_task_publish`` and ``after_task_publish`` signals, so Flower, OpenTelemetry
-and other observers see edge batches as they see any task. Written against Celery 5.7.0 and kombu 5.7.0
-(pinned in pyproject.toml); tests/unit/api/test_publisher.py fails if the message it builds stops
-matching the documented path's. FAST_PATHS=0 selects the documented path instead (api/publisher.py).
+How: :class:`EdgeMessages` asks Celery's ``as_task_v2`` once for the protocol-2 headers and properties of the
+task, and per batch fills in only what differs (the ids, ``argsrepr`` and the extra headers). It builds the very
+dict kombu's virtual transport stores (body JSON-encoded, then base64, as kombu's Redis transport does) and
+hands it to the channel's ``_put``; on Redis it LPUSHes the orjson encoding of that dict itself. Celery's
+``before_task_publish`` and ``after_task_publish`` signals still fire, so Flower, OpenTelemetry and other
+observers see edge batches as they see any task.
+
+Written against Celery 5.7.0 and kombu 5.7.0 (pinned in pyproject.toml); tests/unit/api/test_publisher.py fails
+if the message it builds stops matching the documented path's, on kombu's memory transport and on its Redis
+transport. FAST_PATHS=0 selects the documented path instead (api/publisher.py).
 """
 
+import base64
+import uuid
 from typing import Any
 
-from celery import signals
-from kombu import serialization
+import orjson
+from celery import Celery, signals
+from kombu.transport import redis as kombu_redis
+
+# Celery's protocol-2 body: (args, kwargs, embed), with no callbacks, errbacks, chain or chord.
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
-def basic_publish(channel: Any, name: str, message: tuple[dict[str, Any], dict[str, Any], Any, Any],
-                  queue: str, headers: dict[str, Any]) -> None:
-    """Put ``message`` (from ``app.amqp.as_task_v2``) on ``queue`` via the default exchange, persistent."""
-    task_headers, properties, body, _ = message
-    task_headers.update(headers)
-    if signals.before_task_publish.receivers:
-        signals.before_task_publish.send(sender=name, body=body, exchange="", routing_key=queue, declare=[],
-                                         headers=task_headers, properties=properties, retry_policy=None)
-    content_type, encoding, data = serialization.dumps(body, "json")
-    prepared = channel.prepare_message(data, None, content_type, encoding, task_headers,
-                                       {**properties, "delivery_mode": 2})
-    channel.basic_publish(prepared, exchange="", routing_key=queue)
-    if signals.after_task_publish.receivers:
-        signals.after_task_publish.send(sender=name, body=body, exchange="", routing_key=queue,
-                                        headers=task_headers, properties=properties)
+class EdgeMessages:
+    """Build and put ``name`` task messages for ``queue``, from the headers Celery gives that task."""
+
+    def __init__(self, celery: Celery, name: str, queue: str) -> None:
+        self.name = name
+        self.queue = queue
+        headers, properties, _, _ = celery.amqp.as_task_v2("", name, args=(), kwargs={}, argsrepr="",
+                                                           kwargsrepr="{}", ignore_result=True)
+        self._headers: dict[str, Any] = headers
+        self._properties: dict[str, Any] = properties
+
+    def build(self, args: list[Any], argsrepr: str, headers: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        """Return (the message as kombu's virtual channel stores it, the task body) for one task of ``args``."""
+        task_id = str(uuid.uuid4())
+        task_headers = {**self._headers, "id": task_id, "root_id": task_id, "argsrepr": argsrepr, **headers}
+        body: tuple[list[Any], dict[str, Any], dict[str, Any]] = (args, {}, _EMBED)
+        message = {
+            "body": base64.b64encode(orjson.dumps(body)).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": task_headers,
+            "properties": {**self._properties, "correlation_id": task_id, "delivery_mode": 2,
+                           "delivery_info": {"exchange": "", "routing_key": self.queue}, "priority": 0,
+                           "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())},
+        }
+        return message, body
+
+    def put(self, channel: Any, args: list[Any], argsrepr: str, headers: dict[str, Any]) -> None:
+        """Put one message on the queue through ``channel`` (a kombu virtual channel), firing Celery's signals."""
+        message, body = self.build(args, argsrepr, headers)
+        task_headers, properties = message["headers"], message["properties"]
+        if signals.before_task_publish.receivers:
+            signals.before_task_publish.send(sender=self.name, body=body, exchange="", routing_key=self.queue,
+                                             declare=[], headers=task_headers, properties=properties,
+                                             retry_policy=None)
+        if isinstance(channel, kombu_redis.Channel):
+            with channel.conn_or_acquire() as client:  # what kombu's Redis _put does, with orjson's encoding
+                client.lpush(self.queue, orjson.dumps(message))
+        else:
+            channel._put(self.queue, message)
+        if signals.after_task_publish.receivers:
+            signals.after_task_publish.send(sender=self.name, body=body, exchange="", routing_key=self.queue,
+                                            headers=task_headers, properties=properties)

@@ -15,7 +15,7 @@ from api.readiness import Readiness, WorkerCheck
 from api.replies import ReplyListener
 from api.results_backend import polling_backend_url
 from api.service import ClassifyService
-from shared.celery_app import create_celery
+from shared.celery_app import create_celery, rows_queue
 from shared.settings import Settings
 
 KEY = "iris"
@@ -46,21 +46,23 @@ def init_app(app: Flask, settings: Settings) -> Services:
     admission = Admission(celery, settings.iris_queue, settings.queue_max_length, circuit)
     # The listener hands answers to the batcher, and the publisher names the listener's channel: one
     # reply channel per API process, started in that process on its first request.
-    batcher: EdgeBatcher
+    service: ClassifyService
     replies = ReplyListener(settings.celery_result_backend, settings.key_prefix,
-                            on_reply=lambda ids, results_, error: batcher.deliver(ids, results_, error))
-    publisher = EdgePublisher(celery, settings.iris_queue, replies.ensure_started, circuit, settings.fast_paths)
+                            on_reply=lambda ids, results_, error: service.deliver(ids, results_, error))
+    publisher = EdgePublisher(celery, rows_queue(settings), replies.ensure_started, circuit, settings.fast_paths,
+                              hold_seconds=settings.row_result_hold_seconds, marks=settings.issued_prefix)
     publish = metrics.observe_batches(app, settings, publisher)  # iris_batch_size (METRICS=false: as is)
     # With tracing on, each batch publishes inside a span linked to its rows' requests; off: publish as is.
     # Outermost: it alone takes the rows' trace contexts, as a fourth argument, and passes the three on.
-    publish, trace = tracing.edge_batch(publish, settings.iris_queue)
+    publish, trace = tracing.edge_batch(publish, settings.rows_queue)
     batcher = EdgeBatcher(publish, settings.batch_max_size, settings.batch_max_wait_ms,
                           settings.batch_max_in_flight, reply_timeout=min(settings.sync_timeout_seconds, 2.0),
                           trace=trace)
+    service = ClassifyService(settings, celery, batcher, publisher, replies, admission, circuit, results)
     services = Services(
         settings=settings,
         celery=celery,
-        service=ClassifyService(settings, celery, batcher, replies, admission, circuit, results),
+        service=service,
         readiness=Readiness(results, admission, WorkerCheck(celery), circuit),
         circuit=circuit,
         publisher=publisher,

@@ -34,8 +34,8 @@ class TooManyRows(ValueError):
         super().__init__(f"{count} rows; at most {limit} per request")
 
 
-def parse_invocation(body: bytes, max_rows: int) -> list[dict[str, float]]:
-    """Decode an /invocations body and return its rows as payloads in FEATURES order, in request order."""
+def parse_invocation(body: bytes, max_rows: int) -> list[list[float]]:
+    """Decode an /invocations body and return its validated rows (values in FEATURES order), in request order."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -47,10 +47,9 @@ def parse_invocation(body: bytes, max_rows: int) -> list[dict[str, float]]:
     if len(records) > max_rows:
         raise TooManyRows(len(records), max_rows)
     try:
-        rows = rows_from_payloads(records)
+        return rows_from_payloads(records)
     except ValidationError as exc:
         raise InvalidInput(format_validation_error(exc, title=f"{name} rows")) from None
-    return [dict(zip(FEATURES, row, strict=True)) for row in rows]
 
 
 def _pick_format(document: Any) -> tuple[str, Any]:

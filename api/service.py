@@ -3,6 +3,7 @@
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -10,12 +11,14 @@ from celery import Celery, states
 from celery.result import AsyncResult
 
 from api.admission import Admission
-from api.batcher import EdgeBatcher, PublishFailed
+from api.batcher import EdgeBatcher, Pending, PublishFailed, TaskError
 from api.circuit import REDIS_DOWN, Circuit
 from api.errors import QueueUnavailable, TaskFailed, TimedOut
+from api.publisher import EdgePublisher
 from api.replies import ReplyListener
 from shared import tasks
 from shared.logs import current_request_id, set_task_id
+from shared.schemas import FEATURES
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,11 +27,14 @@ log = logging.getLogger(__name__)
 class ClassifyService:
     """Sync rows go through the edge batcher; async and batch requests are tasks of their own."""
 
-    def __init__(self, settings: Settings, celery: Celery, batcher: EdgeBatcher, replies: ReplyListener,
-                 admission: Admission, circuit: Circuit, results: redis.Redis) -> None:
+    def __init__(self, settings: Settings, celery: Celery, batcher: EdgeBatcher, publisher: EdgePublisher,
+                 replies: ReplyListener, admission: Admission, circuit: Circuit, results: redis.Redis) -> None:
         self._settings = settings
         self._celery = celery
         self._batcher = batcher
+        self._publisher = publisher
+        # Batch requests waiting for their reply, by task id: answered by :meth:`deliver`, not batched.
+        self._tables: dict[str, Pending] = {}
         self._replies = replies
         self._admission = admission
         self._circuit = circuit
@@ -42,11 +48,16 @@ class ClassifyService:
         set_task_id(pending.task_id)
         if not pending.wait(self._settings.sync_timeout_seconds):
             self._batcher.forget(pending)
+            self._remember(pending.task_id, self._settings.row_result_expires_seconds)
             # The reply may have been missed while the listener reconnected: the backend has the truth.
             meta = self._meta(pending.task_id)
             if meta.get("status") == states.SUCCESS:
                 return pending.task_id, meta["result"]
-            self._remember(pending.task_id, self._settings.row_result_expires_seconds)
+            # Workers take edge batches without acknowledgements (shared.celery_app.rows_queue): had this row's
+            # batch died with its worker, nothing would ever answer the poll URL. Send the row again as a task
+            # of its own, acknowledged like an async one; if the batch was only slow, the first answer stays.
+            self._publish(tasks.CLASSIFY, dict(zip(FEATURES, pending.row, strict=True)), pending.task_id,
+                          pending.request_id)
             raise TimedOut(pending.task_id, self._settings.sync_timeout_seconds)
         if isinstance(pending.error, PublishFailed):
             raise QueueUnavailable()
@@ -58,20 +69,40 @@ class ClassifyService:
         """Queue one classification as its own task and return its id at once."""
         return self._send(tasks.CLASSIFY, payload, remember=True)
 
-    def classify_batch(self, payloads: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-        """Classify many rows in one task and wait for the list of answers."""
-        task_id = self._send(tasks.CLASSIFY_BATCH, payloads)
+    def classify_batch(self, rows: list[list[float]]) -> tuple[str, list[dict[str, Any]]]:
+        """Classify one request's validated rows as one task and wait up to SYNC_TIMEOUT_SECONDS for the list."""
+        self._admission.admit()
+        self._replies.ensure_started()
+        request_id = current_request_id()
+        pending = Pending(rows, request_id, time.monotonic())  # rows: this request's whole table
+        set_task_id(pending.task_id)
+        self._tables[pending.task_id] = pending
         try:
-            meta = self._wait_for_result(task_id, self._settings.sync_timeout_seconds)
-        except REDIS_DOWN:
-            self._circuit.trip()
+            self._publisher.table(rows, pending.task_id, request_id)
+        except Exception as exc:
+            self._tables.pop(pending.task_id, None)
+            log.warning("cannot enqueue a batch request %s: %s", pending.task_id, exc)
             raise QueueUnavailable() from None
-        if meta is None:  # the work stays queued and can be polled
-            self._remember(task_id, self._settings.result_expires_seconds)
-            raise TimedOut(task_id, self._settings.sync_timeout_seconds)
-        if meta["status"] != states.SUCCESS:
-            raise TaskFailed(task_id, "this batch")
-        return task_id, meta["result"]
+        if not pending.wait(self._settings.sync_timeout_seconds):
+            self._tables.pop(pending.task_id, None)
+            self._remember(pending.task_id, self._settings.result_expires_seconds)
+            meta = self._meta(pending.task_id)
+            if meta.get("status") == states.SUCCESS:
+                return pending.task_id, meta["result"]
+            # As for a sync row: send the rows again as the public, acknowledged task, so the poll URL answers.
+            self._publish(tasks.CLASSIFY_BATCH, [dict(zip(FEATURES, row, strict=True)) for row in rows],
+                          pending.task_id, request_id)
+            raise TimedOut(pending.task_id, self._settings.sync_timeout_seconds)
+        if pending.error is not None:
+            raise TaskFailed(pending.task_id, "this batch")
+        return pending.task_id, pending.result
+
+    def deliver(self, task_ids: Sequence[str], results: Sequence[Any] | None, error: TaskError | None) -> None:
+        """Hand a worker's reply to the batch request waiting for it, or else to the edge batcher."""
+        if len(task_ids) == 1 and (table := self._tables.pop(task_ids[0], None)) is not None:
+            table.resolve(result=results[0] if results else None, error=error)
+        else:
+            self._batcher.deliver(task_ids, results, error)
 
     def status(self, task_id: str) -> dict[str, Any] | None:
         """Return a task's state, or None for an id this service never issued; QueueUnavailable while Redis is down."""
@@ -102,9 +133,13 @@ class ClassifyService:
         self._admission.admit()
         task_id = str(uuid.uuid4())
         set_task_id(task_id)
-        request_id = current_request_id()
         if remember:
             self._remember(task_id, self._settings.result_expires_seconds)
+        self._publish(name, argument, task_id, current_request_id())
+        return task_id
+
+    def _publish(self, name: str, argument: Any, task_id: str, request_id: str | None) -> None:
+        """Send task ``name`` with one argument under ``task_id``; QueueUnavailable if Redis refuses."""
         try:
             self._celery.send_task(name, args=[argument], task_id=task_id, queue=self._settings.iris_queue,
                                    headers={"request_id": request_id} if request_id is not None else None)
@@ -112,31 +147,10 @@ class ClassifyService:
             log.warning("cannot enqueue %s %s: %s", name, task_id, exc)
             self._circuit.trip()
             raise QueueUnavailable() from None
-        return task_id
-
-    def _wait_for_result(self, task_id: str, timeout: float) -> dict[str, Any] | None:
-        """Read the task's stored result until it is ready, backing off from 2 to 50 ms; None on timeout.
-
-        Not ``AsyncResult.get()``: on Redis it subscribes per task, and a result that arrives on the
-        subscription after get() returned stays in a per-thread buffer for good (celery#8166). That grew one
-        API process by 3 MB a minute in the soak (README, "Soak test"). A batch takes milliseconds, so a few
-        GETs cost less than the subscribe and unsubscribe they replace.
-        """
-        deadline = time.monotonic() + timeout
-        delay = 0.002
-        while True:
-            meta = self._celery.backend.get_task_meta(task_id)
-            if meta["status"] in states.READY_STATES:
-                return meta
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 1.5, 0.05)
 
     def _issued_key(self, task_id: str) -> str:
         """Name the key recording that this service issued ``task_id`` (polling answers 404 for any other)."""
-        return f"{self._settings.key_prefix}task:{task_id}"
+        return f"{self._settings.issued_prefix}{task_id}"
 
     def _remember(self, task_id: str, ttl: int) -> None:
         """Record a timed-out id so its poll URL answers; if Redis is gone, the client learns why."""

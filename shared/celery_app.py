@@ -3,8 +3,9 @@
 import ssl
 
 from celery import Celery
+from kombu import Exchange, Queue
 
-from shared.bypass_kombu_create_client import TRANSPORT as BYPASS_KOMBU_CREATE_CLIENT
+from shared.bypass_kombu_basic_ack import TRANSPORT as BYPASS_KOMBU_BASIC_ACK
 from shared.kombu_brpop_guard import TRANSPORT as KOMBU_BRPOP_GUARD
 from shared.settings import Settings, get_settings
 
@@ -62,11 +63,26 @@ def create_celery(settings: Settings | None = None, name: str = "iris") -> Celer
     )
     redis_broker = settings.celery_broker_url.startswith(("redis://", "rediss://"))
     if redis_broker and ";" not in settings.celery_broker_url:
-        # kombu's transport with a lost-reply fix, and unless FAST_PATHS=0, minus a new client per publish and ack.
-        app.conf.broker_transport = BYPASS_KOMBU_CREATE_CLIENT if settings.fast_paths else KOMBU_BRPOP_GUARD
+        # kombu's transport with a lost-reply fix, and unless FAST_PATHS=0, minus a new client per publish and ack
+        # and minus the round trip of acknowledging a no-ack message.
+        app.conf.broker_transport = BYPASS_KOMBU_BASIC_ACK if settings.fast_paths else KOMBU_BRPOP_GUARD
     if settings.celery_broker_url.startswith("rediss://"):
         app.conf.broker_use_ssl = dict(TLS_DEFAULTS)
     if settings.celery_result_backend.startswith("rediss://"):
         app.conf.redis_backend_use_ssl = dict(TLS_DEFAULTS)
     return app
 
+
+
+def rows_queue(settings: Settings) -> Queue:
+    """Return the queue of the API's edge batches, which workers consume without acknowledgements.
+
+    A sync request's rows are answered in-band within SYNC_TIMEOUT_SECONDS or not at all, so Redis keeping a
+    delivered batch for redelivery after VISIBILITY_TIMEOUT_SECONDS (two round trips and a copy of the message
+    per batch, a third of a worker's CPU per one-row batch) buys nothing the API does not do better: when a
+    row's wait ends unanswered, the API sends it again as an acknowledged ``iris.classify`` task under the same
+    id (api/service.py), so a batch lost with a killed worker is answered at its poll URL within seconds, not
+    minutes. The default exchange routes by queue name, with no binding to lose when Redis restarts empty.
+    """
+    name = settings.rows_queue
+    return Queue(name, exchange=Exchange(""), routing_key=name, no_ack=True)

@@ -1,5 +1,6 @@
 """Typed settings read from the environment, shared by the API, the workers and training."""
 
+import math
 from functools import lru_cache
 
 from pydantic import Field, SecretStr
@@ -30,8 +31,9 @@ class Settings(BaseSettings):
     loglevel: str = "INFO"
     sync_timeout_seconds: float = Field(10.0, gt=0)
     result_expires_seconds: int = Field(3600, ge=60)
-    # Sync rows are answered in-band; their stored copies only serve 504 poll URLs, and at thousands of
-    # rows a second an hour of them would hold gigabytes in Redis.
+    # Sync rows are answered in-band; their stored copies only serve 504 poll URLs. A row whose request timed
+    # out keeps its result this long; any other only as long as its request could still be waiting
+    # (row_result_hold_seconds), or at thousands of rows a second Redis would hold gigabytes of answers.
     row_result_expires_seconds: int = Field(600, ge=60)
     # Redis gives a task back to the queue when its worker has not acknowledged it this long after delivery,
     # within 5 s more (README, Reliability). Tasks take milliseconds; 120 s is twice task_time_limit (enforced
@@ -73,6 +75,21 @@ class Settings(BaseSettings):
     metrics: bool = True
     # The port each Celery worker serves its own /metrics on (0: none). `make up` gives worker N base + N - 1.
     worker_metrics_port: int = Field(9192, ge=0, le=65535)
+
+    @property
+    def issued_prefix(self) -> str:
+        """Return the prefix of the keys marking ids the API issued: async tasks, and sync rows that timed out."""
+        return f"{self.key_prefix}task:"
+
+    @property
+    def row_result_hold_seconds(self) -> int:
+        """Return how long a sync row's result is kept when its request did not time out: while it may wait."""
+        return math.ceil(self.sync_timeout_seconds) + 5
+
+    @property
+    def rows_queue(self) -> str:
+        """Return the queue the API's edge batches go to (shared.celery_app.rows_queue); workers consume it too."""
+        return f"{self.iris_queue}.rows"
 
     @property
     def model_uri(self) -> str:

@@ -8,7 +8,7 @@ from celery import Celery, signals
 from celery.worker.control import control_command, inspect_command
 
 from shared import tasks as names
-from shared.celery_app import create_celery
+from shared.celery_app import create_celery, rows_queue
 from shared.settings import get_settings
 from worker import watchdog
 from worker.metrics import WorkerMetrics
@@ -46,6 +46,11 @@ def _load_model(**_: Any) -> None:
           f"{settings.mlflow_tracking_uri}; checking {settings.model_uri} every {settings.model_poll_seconds:g} s",
           file=sys.stderr, flush=True)
     _swapper = swapper
+
+
+def _consume_rows(sender: str, instance: Any, **_: Any) -> None:
+    """Consume the API's edge batches too, whatever queues ``-Q`` selected (shared.celery_app.rows_queue)."""
+    instance.app.amqp.queues.select_add(rows_queue(get_settings()))
 
 
 def _warm_child(**_: Any) -> None:
@@ -119,6 +124,7 @@ def create_worker_app() -> Celery:
     # Lets a prefork pool's children be replaced after a model swap (_pool_recycler); unused by solo.
     app.conf.worker_pool_restarts = True
     signals.worker_init.connect(_load_model, weak=False)
+    signals.celeryd_after_setup.connect(_consume_rows, weak=False)
     if settings.metrics:
         metrics = WorkerMetrics(settings, lambda: _swapper)
         register_tasks(app, served_model, metrics.tasks)

@@ -34,46 +34,58 @@ def _meta(backend: Any, task_id: str, result: Any, state: str, date_done: str) -
 
 
 def store_many(backend: Any, task_ids: Sequence[str], results: Sequence[Any], state: str,
-               reply: tuple[str, bytes] | None = None, expires: int | None = None, *, fast: bool = True) -> None:
+               reply: tuple[str, bytes] | None = None, expires: int | None = None, *, fast: bool = True,
+               hold: int | None = None, marks: str | None = None) -> None:
     """Store each id's result for ``expires`` seconds (else the backend's), then send ``reply`` (channel, message).
 
-    A result already stored as SUCCESS is kept, as Celery keeps it. ``fast=False`` uses documented calls only.
+    With ``hold`` and ``marks``, an id is kept ``expires`` seconds only when the key ``marks + id`` exists (the API
+    marks a sync row whose wait ended unanswered, so its poll URL needs the result), and ``hold`` seconds
+    otherwise: long enough for the waiting request, not for Redis to fill with answers nobody will read. A
+    result already stored as SUCCESS is kept, as Celery keeps it. ``fast=False`` uses documented calls only.
     """
     if not isinstance(backend, RedisBackend):
         for task_id, result in zip(task_ids, results, strict=True):
             backend.store_result(task_id, result, state)
         return  # other backends have no channel to reply on: the API falls back to reading results
+    ttl = int(expires or backend.expires or 0)
+    mark_keys = [f"{marks}{task_id}" for task_id in task_ids] if marks is not None and hold else []
     if not fast:
-        _store_documented(backend, task_ids, results, state, reply, expires)
+        _store_documented(backend, task_ids, results, state, reply, ttl, hold or 0, mark_keys)
         return
     date_done = backend.app.now().isoformat()
-    ttl = expires or backend.expires or 0
     # The backend is JSON-only (shared.celery_app), and orjson writes the same JSON several times faster.
     values = [orjson.dumps(_meta(backend, task_id, result, state, date_done))
               for task_id, result in zip(task_ids, results, strict=True)]
     channel, message = reply if reply is not None else ("", b"")
-    _store_script(backend.client)(keys=[backend.get_key_for_task(task_id) for task_id in task_ids],
-                                  args=[int(ttl), channel, message, *values])
+    keys = [backend.get_key_for_task(task_id) for task_id in task_ids]
+    _store_script(backend.client)(keys=[*keys, *mark_keys],
+                                  args=[len(keys), ttl, hold or 0, channel, message, *values])
 
 
 def _store_documented(backend: RedisBackend, task_ids: Sequence[str], results: Sequence[Any], state: str,
-                      reply: tuple[str, bytes] | None, expires: int | None) -> None:
+                      reply: tuple[str, bytes] | None, ttl: int, hold: int, mark_keys: list[str]) -> None:
     """Do what :func:`store_many` does with Celery's ``store_result`` and redis-py's pipeline."""
     for task_id, result in zip(task_ids, results, strict=True):
         backend.store_result(task_id, result, state)
+    marked = backend.client.mget(mark_keys) if mark_keys else [b"1"] * len(task_ids)
     with backend.client.pipeline(transaction=False) as pipe:
         # store_result applied the backend's own expiry (result_expires). A SUCCESS it kept gets its TTL renewed.
-        if expires:
-            for task_id in task_ids:
-                pipe.expire(backend.get_key_for_task(task_id), int(expires))
+        for task_id, mark in zip(task_ids, marked, strict=True):
+            if mark is None:
+                pipe.expire(backend.get_key_for_task(task_id), hold)
+            elif ttl:
+                pipe.expire(backend.get_key_for_task(task_id), ttl)
         if reply is not None:
             pipe.publish(*reply)
         pipe.execute()
 
 
-# Redis runs the loop, so the worker packs and parses one command per batch instead of three per row. A stored
-# SUCCESS is read with cjson; should it not decode, the status is matched as Celery's JSON ("status": "SUCCESS")
-# and orjson ("status":"SUCCESS") write it.
+# Redis runs the loop, so the worker packs and parses one command per batch instead of three per row. KEYS are the
+# n result keys, then (when the API marks rows) each one's mark; ARGV is n, the TTL, the TTL of an unmarked row,
+# the reply's channel and message, then the n values. The mark is read in the same atomic step as the write, so
+# an API that marks a row before it reads the row's result (api/service.py) never misses a row kept too briefly.
+# A stored SUCCESS is read with cjson; should it not decode, the status is matched as Celery's JSON
+# ("status": "SUCCESS") and orjson ("status":"SUCCESS") write it.
 _STORE_AND_REPLY = """
 local function succeeded(value)
   if not value then
@@ -87,20 +99,27 @@ local function succeeded(value)
       or string.find(value, '"status":"SUCCESS"', 1, true) ~= nil
 end
 
-local ttl = tonumber(ARGV[1])
+local n = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local hold = tonumber(ARGV[3])
 local stored = 0
-for i, key in ipairs(KEYS) do
+for i = 1, n do
+  local key = KEYS[i]
   if not succeeded(redis.call('GET', key)) then
-    if ttl > 0 then
-      redis.call('SET', key, ARGV[i + 3], 'EX', ttl)
+    local keep = ttl
+    if #KEYS > n and redis.call('EXISTS', KEYS[n + i]) == 0 then
+      keep = hold
+    end
+    if keep > 0 then
+      redis.call('SET', key, ARGV[i + 5], 'EX', keep)
     else
-      redis.call('SET', key, ARGV[i + 3])
+      redis.call('SET', key, ARGV[i + 5])
     end
     stored = stored + 1
   end
 end
-if ARGV[2] ~= '' then
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
 end
 return stored
 """

@@ -16,7 +16,7 @@ from shared.logs import json_formatter
 
 log = logging.getLogger(__name__)
 
-LOGGED_TASKS = frozenset({names.CLASSIFY, names.CLASSIFY_BATCH, names.CLASSIFY_ROWS})
+LOGGED_TASKS = frozenset({names.CLASSIFY, names.CLASSIFY_BATCH, names.CLASSIFY_ROWS, names.CLASSIFY_TABLE})
 
 
 class TaskContextFilter(logging.Filter):

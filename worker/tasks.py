@@ -76,9 +76,33 @@ def register_tasks(app: Celery, model: Callable[[], ServedModel], metrics: TaskM
             except Exception as exc:
                 stored = [exc] * len(task_ids)
                 state, outcome = states.FAILURE, {"error": {"raised": type(exc).__name__, "message": str(exc)}}
-            reply = (reply_to, orjson.dumps({"ids": task_ids, **outcome})) if reply_to else None
-            settings = get_settings()
-            store_many(app.backend, task_ids, stored, state, reply, settings.row_result_expires_seconds,
-                       fast=settings.fast_paths)
+            _answer(classify_rows.request, task_ids, stored, state, outcome, reply_to,
+                    get_settings().row_result_expires_seconds)
             if state == states.SUCCESS:
                 predicted(stored)
+
+    @app.task(name=names.CLASSIFY_TABLE, ignore_result=True)
+    def classify_table(rows: list[list[float]], task_id: str, reply_to: str | None = None) -> None:
+        """Predict one batch request's rows, validated by the API, and answer them as one list under ``task_id``."""
+        outcome: dict[str, Any]
+        with timer(names.CLASSIFY_TABLE):
+            try:
+                results: Any = model().predict_rows(rows)
+                state, outcome = states.SUCCESS, {"results": [results]}
+            except Exception as exc:
+                results = exc
+                state, outcome = states.FAILURE, {"error": {"raised": type(exc).__name__, "message": str(exc)}}
+            _answer(classify_table.request, [task_id], [results], state, outcome, reply_to,
+                    get_settings().result_expires_seconds)
+            if state == states.SUCCESS:
+                predicted(results)
+
+    def _answer(request: Any, task_ids: list[str], stored: list[Any], state: str, outcome: dict[str, Any],
+                reply_to: str | None, expires: int) -> None:
+        """Store each id's result and reply to the API process on its channel, in one round trip."""
+        reply = (reply_to, orjson.dumps({"ids": task_ids, **outcome})) if reply_to else None
+        # The API's headers say how long its request can still wait and where it marks the ids whose wait
+        # ended unanswered; a message without them (an older API) keeps every result ``expires`` seconds.
+        store_many(app.backend, task_ids, stored, state, reply, expires, fast=get_settings().fast_paths,
+                   hold=getattr(request, names.RESULT_HOLD_HEADER, None),
+                   marks=getattr(request, names.RESULT_MARKS_HEADER, None))

@@ -13,7 +13,7 @@ from shared import tasks as names
 from shared import tracing
 
 # The tasks that serve requests; the watchdog's probes and control tasks would only add a trace every few seconds.
-TRACED_TASKS = frozenset({names.CLASSIFY, names.CLASSIFY_BATCH, names.CLASSIFY_ROWS})
+TRACED_TASKS = frozenset({names.CLASSIFY, names.CLASSIFY_BATCH, names.CLASSIFY_ROWS, names.CLASSIFY_TABLE})
 # Task id -> (span, context token) of the tasks running in this process (one at a time with the solo pool).
 _running: dict[str, tuple[Any, Any]] = {}
 

@@ -1,6 +1,6 @@
 """POST /v1/classify (sync), /v1/classify/async (202 + poll) and /v1/classify/batch."""
 
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from flask import Blueprint, Response, request, url_for
 from pydantic import BaseModel, ValidationError
@@ -49,6 +49,5 @@ def classify_batch() -> Response:
     batch = _parse(BatchPayload)
     if len(batch.instances) > limit:
         raise PayloadTooLarge(f"{len(batch.instances)} instances; at most {limit} per request")
-    payloads: list[dict[str, Any]] = [item.model_dump() for item in batch.instances]
-    _, answers = service().classify_batch(payloads)
+    _, answers = service().classify_batch([item.row() for item in batch.instances])
     return success(answers)

@@ -37,12 +37,12 @@ def invocations() -> Response:
     """Classify the rows of an MLflow scoring request as one batch task; answer ``{"predictions": [...]}``."""
     _require_json()
     try:
-        payloads = parse_invocation(request.get_data(cache=False), settings().batch_max_rows)
+        rows = parse_invocation(request.get_data(cache=False), settings().batch_max_rows)
     except TooManyRows as exc:
         raise PayloadTooLarge(str(exc)) from None
     except InvalidInput as exc:
         raise ValidationFailed(str(exc)) from None
-    _, answers = service().classify_batch(payloads)
+    _, answers = service().classify_batch(rows)
     return _json({"predictions": [answer["pred_label"] for answer in answers]})
 
 

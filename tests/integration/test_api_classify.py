@@ -69,6 +69,8 @@ def test_a_sync_request_stores_one_result_under_its_own_task_id(client: FlaskCli
     task_id = client.post("/v1/classify", json=SEED_EXAMPLE).get_json()["data"]["task_id"]
     time.sleep(0.5)  # the batch message's own result, if any were stored, would land after the reply
     assert set(backend.scan_iter("celery-task-meta-*")) - before == {f"celery-task-meta-{task_id}".encode()}
+    # Answered in-band: kept only while a request could still wait for it, not for a poll URL's 10 minutes.
+    assert 0 < backend.ttl(f"celery-task-meta-{task_id}") <= settings.row_result_hold_seconds
 
 
 def test_unknown_task_id_is_a_404(client: FlaskClient) -> None:

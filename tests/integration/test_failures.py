@@ -1,9 +1,11 @@
 """Failures we can foresee: a stopped or dead worker, a full queue, a model that cannot load."""
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import redis
 from flask.testing import FlaskClient
 
 from api import create_app
@@ -36,8 +38,32 @@ def test_stopped_worker_gives_504_with_a_poll_url_that_later_succeeds(lonely_env
         assert client.get(status_url).get_json()["data"]["status"] == "PENDING"
 
         assert_a_new_worker_answers(lonely_env, "iris-stop", client, status_url)
+        # The row was marked when its wait ended: its result is kept for the poll URL, not held for seconds.
+        results = redis.Redis.from_url(lonely_env["CELERY_RESULT_BACKEND"])
+        settings = make_settings(lonely_env)
+        assert results.ttl(f"celery-task-meta-{body['data']['task_id']}") > settings.row_result_hold_seconds
     finally:
         worker.stop()
+
+
+def test_a_sync_row_whose_batch_died_with_its_worker_is_answered_at_its_poll_url(lonely_env: dict[str, str]) -> None:
+    """Edge batches are consumed without acknowledgements: the API sends a timed-out row again on its own."""
+    worker = WorkerProcess(lonely_env, queue="iris-lost").start()
+    settings = make_settings(lonely_env, iris_queue="iris-lost", sync_timeout_seconds=1.5)
+    client = create_app(settings).test_client()
+    broker = redis.Redis.from_url(lonely_env["CELERY_BROKER_URL"])
+    try:
+        assert client.post("/v1/classify", json=SEED_EXAMPLE).status_code == 200
+        assert worker.proc is not None
+        worker.proc.send_signal(signal.SIGSTOP)  # its BRPOP stays outstanding: Redis hands it the next batch
+        resp = client.post("/v1/classify", json=SEED_EXAMPLE)
+        assert resp.status_code == 504
+        assert broker.llen(settings.rows_queue) == 0, "the batch should sit in the frozen worker's socket"
+        worker.kill()  # and dies with it: Redis kept no copy of an unacknowledged edge batch
+        assert_a_new_worker_answers(lonely_env, "iris-lost", client, resp.get_json()["data"]["status_url"])
+    finally:
+        worker.kill()
+        broker.delete(settings.rows_queue, "iris-lost")
 
 
 def test_dead_worker_makes_readyz_503_and_queued_work_survives(lonely_env: dict[str, str]) -> None:

@@ -110,3 +110,15 @@ def test_an_undecodable_value_naming_success_is_kept_too(app: Celery) -> None:
     app.backend.client.set(key, b'{"status": "SUCCESS", "result": 1, oops')
     store_many(app.backend, [task_id], [ValueError("late")], states.FAILURE, expires=60)
     assert app.backend.client.get(key) == b'{"status": "SUCCESS", "result": 1, oops'
+
+
+@PATHS
+def test_an_unmarked_row_is_held_briefly_and_a_marked_one_kept_for_its_poll_url(app: Celery, fast: bool) -> None:
+    waited, timed_out = ids(2)
+    client = app.backend.client
+    client.set(f"iris-test:task:{timed_out}", b"1", ex=60)  # the API marks a row whose wait ended unanswered
+    store_many(app.backend, [waited, timed_out], [{"n": 0}, {"n": 1}], states.SUCCESS, expires=600, fast=fast,
+               hold=15, marks="iris-test:task:")
+    assert 0 < client.ttl(app.backend.get_key_for_task(waited)) <= 15
+    assert 15 < client.ttl(app.backend.get_key_for_task(timed_out)) <= 600
+    assert [AsyncResult(task_id, app=app).result for task_id in (waited, timed_out)] == [{"n": 0}, {"n": 1}]

@@ -9,6 +9,7 @@ from celery import Celery
 from api.admission import Admission
 from api.batcher import EdgeBatcher, Pending
 from api.circuit import Circuit
+from api.publisher import EdgePublisher
 from api.replies import ReplyListener
 from api.service import ClassifyService
 from shared.settings import Settings
@@ -21,6 +22,7 @@ class FakeBatcher:
         self.answer: Callable[[Pending], None] = lambda pending: None
         self.submitted: list[Pending] = []
         self.forgotten: list[Pending] = []
+        self.delivered: list[tuple[Any, Any, Any]] = []
 
     def submit(self, row: list[float], request_id: str | None = None) -> Pending:
         pending = Pending(row, request_id, enqueued=0.0)
@@ -30,6 +32,24 @@ class FakeBatcher:
 
     def forget(self, pending: Pending) -> None:
         self.forgotten.append(pending)
+
+    def deliver(self, task_ids: Any, results: Any = None, error: Any = None) -> None:
+        self.delivered.append((task_ids, results, error))
+
+
+class FakeTables:
+    """The publisher's ``table``: record each batch request, then let ``answer`` reply to it (or not)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[list[list[float]], str, str | None]] = []
+        self.answer: Callable[[str], None] = lambda task_id: None
+        self.fail: Exception | None = None
+
+    def table(self, rows: list[list[float]], task_id: str, request_id: str | None) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.sent.append((rows, task_id, request_id))
+        self.answer(task_id)
 
 
 class FakeReplies:
@@ -79,13 +99,14 @@ class World:
         self.celery = celery
         self.events: list[tuple[Any, ...]] = []
         self.batcher = FakeBatcher()
+        self.tables = FakeTables()
         self.replies = FakeReplies()
         self.admission = FakeAdmission()
         self.results = FakeResults(self.events)
         self.circuit = Circuit(open_seconds=60)  # stays open for the whole test once tripped
         self.service = ClassifyService(settings, celery, cast(EdgeBatcher, batcher or self.batcher),
-                                       cast(ReplyListener, self.replies), cast(Admission, self.admission),
-                                       self.circuit, cast(redis.Redis, self.results))
+                                       cast(EdgePublisher, self.tables), cast(ReplyListener, self.replies),
+                                       cast(Admission, self.admission), self.circuit, cast(redis.Redis, self.results))
 
     def issued(self, task_id: str) -> tuple[bytes, int | None] | None:
         """Return the value and TTL of the key recording that the service issued ``task_id``."""

@@ -21,16 +21,16 @@ LABELS = ["Iris-setosa", "Iris-virginica"]
 
 
 class FakeService:
-    """Answer each batch by ``answer`` (labels by default) and record the payloads it was given."""
+    """Answer each batch by ``answer`` (labels by default) and record the rows it was given."""
 
     def __init__(self) -> None:
-        self.batches: list[list[dict[str, Any]]] = []
-        self.answer: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = lambda payloads: [
-            {"pred_label": LABELS[index % 2]} for index in range(len(payloads))]
+        self.batches: list[list[list[float]]] = []
+        self.answer: Callable[[list[list[float]]], list[dict[str, Any]]] = lambda rows: [
+            {"pred_label": LABELS[index % 2]} for index in range(len(rows))]
 
-    def classify_batch(self, payloads: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-        self.batches.append(payloads)
-        return "task-1", self.answer(payloads)
+    def classify_batch(self, rows: list[list[float]]) -> tuple[str, list[dict[str, Any]]]:
+        self.batches.append(rows)
+        return "task-1", self.answer(rows)
 
 
 class FakeWorkers:
@@ -75,7 +75,7 @@ def test_invocations_answers_mlflow_predictions_in_row_order(stack: Stack) -> No
     resp = stack.client.post("/invocations", json={"dataframe_split": {"columns": list(FEATURES), "data": ROWS}})
     assert resp.status_code == 200 and resp.mimetype == "application/json"
     assert resp.get_json() == {"predictions": LABELS}
-    assert stack.service.batches == [[dict(zip(FEATURES, row, strict=True)) for row in ROWS]]
+    assert stack.service.batches == [ROWS]
 
 
 @pytest.mark.parametrize("body", [{"dataframe_records": [dict(zip(FEATURES, r, strict=True)) for r in ROWS]},
@@ -127,7 +127,7 @@ def test_more_rows_than_batch_max_rows_is_a_413_envelope() -> None:
 ])
 def test_queue_and_worker_failures_answer_the_seed_error_envelope(stack: Stack, error: Callable[[], Exception],
                                                                   status: int, raised: str) -> None:
-    def fail(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def fail(rows: list[list[float]]) -> list[dict[str, Any]]:
         raise error()
 
     stack.service.answer = fail

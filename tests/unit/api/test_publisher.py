@@ -4,17 +4,23 @@ The fast path (FAST_PATHS=1) must queue the very message Celery's documented ``s
 fire the same signals, or workers, Flower and tracing would see edge batches differently.
 """
 
+import base64
+import json
 from importlib.metadata import version
 from typing import Any
 
 import pytest
 import redis
 from celery import Celery, signals
+from kombu import Exchange, Queue
 from kombu.transport import memory
 
 from api.circuit import Circuit
 from api.publisher import EdgePublisher
 from shared import tasks
+from shared.celery_app import create_celery
+from shared.settings import Settings
+from tests.unit.shared import fake_redis
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [7.7, 2.6, 6.9, 2.3]]
 TASK_IDS = ["row-1", "row-2"]
@@ -43,7 +49,8 @@ def fast(request: pytest.FixtureRequest) -> bool:
 
 
 def publisher(celery: Celery, queue: str, circuit: Circuit, fast: bool) -> EdgePublisher:
-    return EdgePublisher(celery, queue, lambda: REPLY_TO, circuit, fast)
+    return EdgePublisher(celery, Queue(queue, exchange=Exchange(""), routing_key=queue),
+                         lambda: REPLY_TO, circuit, fast)
 
 
 def take(celery: Celery, queue: str) -> Any:
@@ -178,3 +185,27 @@ def test_a_timeout_is_not_retried(celery: Celery, queue: str, circuit: Circuit, 
         publisher(celery, queue, circuit, fast)(ROWS, TASK_IDS, REQUEST_IDS)
     assert len(channels.tried) == 1  # a hung Redis hangs a fresh connection too
     assert circuit.is_open()
+
+
+def test_on_redis_the_fast_path_pushes_what_kombus_redis_transport_pushes(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = fake_redis.install(monkeypatch)  # kombu's Redis channels get clients that keep lists in memory
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    celery = create_celery(Settings(celery_broker_url=fake_redis.URL, celery_result_backend="cache+memory://"))
+    queue = Queue("iris-test.rows", exchange=Exchange(""), routing_key="iris-test.rows")
+    pushed = []
+    for fast in (True, False):
+        send = EdgePublisher(celery, queue, lambda: REPLY_TO, Circuit(open_seconds=60), fast)
+        send(ROWS, TASK_IDS, REQUEST_IDS)
+        send.close()
+        pushed.append(json.loads(fake().rpop(queue.name)))
+    fast_message, kombu_message = (strip(message) for message in pushed)
+    assert fast_message == kombu_message
+    assert fast_message["body"][0] == [ROWS, TASK_IDS, REPLY_TO]
+
+
+def strip(message: dict[str, Any]) -> dict[str, Any]:
+    """Return a raw Redis message, its body decoded, without what differs on every message (the body holds no id)."""
+    headers = {k: v for k, v in message["headers"].items() if k not in PER_MESSAGE}
+    properties = {k: v for k, v in message["properties"].items() if k not in PER_MESSAGE}
+    body = json.loads(base64.b64decode(message["body"]))  # the same JSON, spaced as each encoder spaces it
+    return {**message, "body": body, "headers": headers, "properties": properties}

@@ -13,6 +13,7 @@ from api.batcher import EdgeBatcher, PublishFailed, TaskError
 from api.errors import QueueFull, QueueUnavailable, TaskFailed, TimedOut
 from shared import tasks
 from shared.celery_app import create_celery
+from shared.schemas import FEATURES
 from shared.settings import Settings
 from tests.helpers import SEED_EXAMPLE
 from tests.unit.api.service_world import World, memory_settings
@@ -90,7 +91,9 @@ def test_a_worker_error_is_task_failed_naming_the_task(world: World) -> None:
 
 
 @pytest.mark.usefixtures("request_context")
-def test_a_timeout_is_timed_out_and_the_id_is_remembered_for_row_result_expires(hasty: World) -> None:
+def test_a_timeout_is_timed_out_and_the_id_is_remembered_for_row_result_expires(
+        hasty: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    record_sends(hasty, monkeypatch, store=False)
     with pytest.raises(TimedOut) as caught:
         hasty.service.classify(ROW)
     pending = hasty.batcher.submitted[0]
@@ -100,12 +103,36 @@ def test_a_timeout_is_timed_out_and_the_id_is_remembered_for_row_result_expires(
     assert hasty.batcher.forgotten == [pending]  # a late answer no longer reaches this request
 
 
-def test_a_timeout_whose_result_is_already_stored_returns_it(hasty: World) -> None:
+@pytest.mark.usefixtures("request_context")
+def test_a_timed_out_row_is_marked_then_sent_again_as_an_acknowledged_task_under_its_own_id(
+        hasty: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    record_sends(hasty, monkeypatch, store=False)
+    with pytest.raises(TimedOut):
+        hasty.service.classify(ROW)
+    task_id = hasty.batcher.submitted[0].task_id
+    mark = ("set", f"{hasty.settings.key_prefix}task:{task_id}")
+    payload = dict(zip(FEATURES, ROW, strict=True))
+    # Marked first, so a worker that stores the row from then on keeps it for the poll URL.
+    assert hasty.events == [mark, ("send", tasks.CLASSIFY, [payload], task_id, hasty.settings.iris_queue)]
+
+
+@pytest.mark.usefixtures("request_context")
+def test_a_timed_out_row_that_cannot_be_sent_again_is_queue_unavailable(
+        hasty: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    record_sends(hasty, monkeypatch, error=OSError("Connection refused"))
+    with pytest.raises(QueueUnavailable):
+        hasty.service.classify(ROW)
+    assert hasty.circuit.is_open()
+
+
+def test_a_timeout_whose_result_is_already_stored_returns_it_and_sends_nothing(
+        hasty: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    record_sends(hasty, monkeypatch)
     # The worker answered, but the reply was missed (the listener was reconnecting): the backend has it.
     hasty.batcher.answer = lambda pending: hasty.celery.backend.store_result(pending.task_id, ANSWER, states.SUCCESS)
     task_id, result = hasty.service.classify(ROW)
     assert (task_id, result) == (hasty.batcher.submitted[0].task_id, ANSWER)
-    assert hasty.issued(task_id) is None
+    assert not [event for event in hasty.events if event[0] == "send"]
 
 
 def test_a_timeout_with_redis_down_is_queue_unavailable(hasty: World) -> None:
@@ -115,14 +142,17 @@ def test_a_timeout_with_redis_down_is_queue_unavailable(hasty: World) -> None:
     assert hasty.circuit.is_open()
 
 
-def record_sends(world: World, monkeypatch: pytest.MonkeyPatch, error: Exception | None = None) -> None:
-    """Log each send_task to the world's events (or raise ``error``); on success store a result as a worker would."""
+def record_sends(world: World, monkeypatch: pytest.MonkeyPatch, error: Exception | None = None,
+                 store: bool = True) -> None:
+    """Log each send_task to the world's events (or raise ``error``); with ``store``, store a result as a worker
+    would."""
 
     def send_task(name: str, args: list[Any], task_id: str, queue: str, headers: Any = None) -> None:
         world.events.append(("send", name, args, task_id, queue))
         if error is not None:
             raise error
-        world.celery.backend.store_result(task_id, [ANSWER], states.SUCCESS)
+        if store:
+            world.celery.backend.store_result(task_id, [ANSWER], states.SUCCESS)
 
     monkeypatch.setattr(world.celery, "send_task", send_task)
 
@@ -152,19 +182,42 @@ def test_classify_async_sends_nothing_when_the_id_cannot_be_remembered(world: Wo
     assert world.events == []
 
 
-def test_classify_batch_returns_the_stored_answers(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    record_sends(world, monkeypatch)
-    task_id, answers = world.service.classify_batch([SEED_EXAMPLE])
-    assert answers == [ANSWER] and world.events[0][1:] == (tasks.CLASSIFY_BATCH, [[SEED_EXAMPLE]], task_id, "iris")
+def test_classify_batch_sends_the_rows_as_one_table_and_returns_its_reply(world: World) -> None:
+    world.tables.answer = lambda task_id: world.service.deliver([task_id], [[ANSWER, ANSWER]], None)
+    task_id, answers = world.service.classify_batch([ROW, ROW])
+    assert answers == [ANSWER, ANSWER] and world.tables.sent == [([ROW, ROW], task_id, None)]
+    assert world.replies.started == 1
+
+
+def test_a_reply_for_no_batch_request_goes_to_the_edge_batcher(world: World) -> None:
+    world.service.deliver(["row-1"], [ANSWER], None)
+    assert world.batcher.delivered == [(["row-1"], [ANSWER], None)]
+
+
+def test_a_failed_batch_is_task_failed(world: World) -> None:
+    world.tables.answer = lambda task_id: world.service.deliver([task_id], None, TaskError("ValueError", "bad"))
+    with pytest.raises(TaskFailed):
+        world.service.classify_batch([ROW])
+
+
+def test_a_batch_that_cannot_be_sent_is_queue_unavailable(world: World) -> None:
+    world.tables.fail = redis.ConnectionError("Connection refused")
+    with pytest.raises(QueueUnavailable):
+        world.service.classify_batch([ROW])
 
 
 @pytest.mark.usefixtures("request_context")
-def test_classify_batch_times_out_with_the_id_remembered_for_result_expires(
+def test_a_timed_out_batch_is_marked_for_result_expires_then_sent_again_as_the_public_task(
         hasty: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hasty.celery, "send_task", lambda *args, **kwargs: None)  # queued, never answered
+    record_sends(hasty, monkeypatch, store=False)
     with pytest.raises(TimedOut) as caught:
-        hasty.service.classify_batch([SEED_EXAMPLE])
-    assert hasty.issued(caught.value.task_id) == (b"1", hasty.settings.result_expires_seconds)
+        hasty.service.classify_batch([ROW])
+    task_id = caught.value.task_id
+    assert hasty.issued(task_id) == (b"1", hasty.settings.result_expires_seconds)
+    payload = dict(zip(FEATURES, ROW, strict=True))
+    assert hasty.events[-1] == ("send", tasks.CLASSIFY_BATCH, [[payload]], task_id, hasty.settings.iris_queue)
+    hasty.service.deliver([task_id], [[ANSWER]], None)  # a late reply: no batch request waits for it any more
+    assert hasty.batcher.delivered == [([task_id], [[ANSWER]], None)]  # which the batcher ignores
 
 
 def test_status_of_an_id_never_issued_is_none(world: World) -> None:

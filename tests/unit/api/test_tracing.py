@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from kombu import Exchange, Queue
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, use_span
@@ -80,7 +81,8 @@ def test_a_request_that_sends_a_traceparent_continues_the_callers_trace(spans: I
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "documented"])
 def test_an_edge_batch_span_links_to_every_rows_request_span_and_travels_in_the_message(
         spans: InMemorySpanExporter, celery: Celery, queue: str, fast: bool) -> None:
-    publisher = EdgePublisher(celery, queue, lambda: "iris:reply:test", Circuit(open_seconds=60), fast)
+    publisher = EdgePublisher(celery, Queue(queue, exchange=Exchange(""), routing_key=queue),
+                              lambda: "iris:reply:test", Circuit(open_seconds=60), fast)
     publish, trace = tracing.edge_batch(publisher, queue)
     batcher = EdgeBatcher(publish, max_size=8, max_wait_ms=0, max_in_flight=1, reply_timeout=2.0, trace=trace)
     tracer = shared_tracing.provider().get_tracer("test")
@@ -122,7 +124,8 @@ def test_an_async_task_carries_its_request_span_as_parent(spans: InMemorySpanExp
 def test_with_tracing_off_the_batcher_keeps_the_publisher_and_messages_carry_no_trace(
         celery: Celery, queue: str) -> None:
     assert shared_tracing.provider() is None
-    publisher = EdgePublisher(celery, queue, lambda: "iris:reply:test", Circuit(open_seconds=60), True)
+    publisher = EdgePublisher(celery, Queue(queue, exchange=Exchange(""), routing_key=queue),
+                              lambda: "iris:reply:test", Circuit(open_seconds=60), True)
     publish, trace = tracing.edge_batch(publisher, queue)
     assert publish is publisher and trace is None
     batcher = EdgeBatcher(publish, max_size=8, max_wait_ms=0, max_in_flight=1, reply_timeout=2.0, trace=trace)

@@ -2,82 +2,18 @@
 
 import ast
 import inspect
-from collections import defaultdict
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import kombu
 import pytest
-from kombu import Connection
 from kombu.transport import redis as kombu_redis
 
-from shared import kombu_brpop_guard
+from shared import bypass_kombu_basic_ack, kombu_brpop_guard
 from shared.bypass_kombu_create_client import Channel, Transport
 from shared.celery_app import create_celery
 from shared.settings import Settings
-
-# Nothing listens here: every client below is a FakeRedis, which never connects.
-URL = "redis://127.0.0.1:1/0"
-
-
-class FakePipeline:
-    """A redis-py pipeline stand-in that accepts any chained command and executes nothing."""
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: self
-
-    def execute(self) -> list[Any]:
-        return []
-
-    def __enter__(self) -> "FakePipeline":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def fake_redis_class() -> type:
-    """Return a redis.Redis stand-in class that counts the clients built and keeps lists in memory."""
-    lists: dict[str, list[Any]] = defaultdict(list)
-
-    class FakeRedis:
-        built: list["FakeRedis"] = []
-
-        def __init__(self, connection_pool: Any = None, **kwargs: Any) -> None:
-            self.connection_pool = connection_pool
-            FakeRedis.built.append(self)
-
-        def ping(self) -> bool:
-            return True
-
-        def lpush(self, key: str, value: Any) -> None:
-            lists[key].insert(0, value)
-
-        def rpop(self, key: str) -> Any:
-            return lists[key].pop() if lists[key] else None
-
-        def pipeline(self, transaction: bool = True) -> FakePipeline:
-            return FakePipeline()
-
-        def register_script(self, script: str) -> Any:
-            return SimpleNamespace(registered_client=self)
-
-    return FakeRedis
-
-
-@pytest.fixture
-def fake_redis(monkeypatch: pytest.MonkeyPatch) -> type:
-    """Make every kombu Redis channel build FakeRedis clients."""
-    fake = fake_redis_class()
-    monkeypatch.setattr(kombu_redis.Channel, "_get_client", lambda self: fake)
-    return fake
-
-
-def open_channel(transport: type) -> Iterator[Any]:
-    """Yield a channel of ``transport``, closing its connection afterwards."""
-    with Connection(URL, transport=transport) as conn:
-        yield conn.channel()
+from tests.unit.shared.fake_redis import open_channel
 
 
 @pytest.fixture
@@ -157,7 +93,9 @@ def test_a_pool_kombu_replaces_gets_a_new_client(bypass_channel: Any) -> None:
 def test_redis_brokers_use_the_bypass_transport_with_fast_paths_on() -> None:
     for url in ("redis://127.0.0.1:6399/0", "rediss://127.0.0.1:6399/0"):
         app = create_celery(Settings(celery_broker_url=url, fast_paths=True))
-        assert type(app.connection_for_write().transport) is Transport
+        transport = type(app.connection_for_write().transport)
+        assert transport is bypass_kombu_basic_ack.Transport  # which builds on this module's channel
+        assert issubclass(transport.Channel, Channel)
 
 
 def test_fast_paths_off_leaves_kombus_own_redis_transport_with_only_the_brpop_guard() -> None:

@@ -122,11 +122,22 @@ def test_the_fast_path_stores_a_batch_and_its_reply_in_one_script_call(backend: 
     store_many(backend, ["a", "b"], [ROW, {**ROW, "pred_label": "x"}], states.SUCCESS, ("reply:1", b"msg"), 120)
     (call,) = client.script_calls
     assert call["keys"] == [b"celery-task-meta-a", b"celery-task-meta-b"]
-    assert call["args"][:3] == [120, "reply:1", b"msg"]
-    assert [orjson.loads(value) for value in call["args"][3:]] == [
+    assert call["args"][:5] == [2, 120, 0, "reply:1", b"msg"]  # 2 rows, kept 120 s, none held shorter
+    assert [orjson.loads(value) for value in call["args"][5:]] == [
         celerys_meta(backend, "a", ROW, states.SUCCESS), celerys_meta(backend, "b", {**ROW, "pred_label": "x"},
                                                                       states.SUCCESS)]
     assert client.piped == []
+
+
+def test_with_marks_the_script_gets_each_rows_mark_key_and_the_hold(backend: RedisBackend,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    client = RecordingClient()
+    monkeypatch.setattr(backend, "client", client)
+    store_many(backend, ["a", "b"], [ROW, ROW], states.SUCCESS, ("reply:1", b"msg"), 600, hold=15,
+               marks="iris:task:")
+    (call,) = client.script_calls
+    assert call["keys"] == [b"celery-task-meta-a", b"celery-task-meta-b", "iris:task:a", "iris:task:b"]
+    assert call["args"][:3] == [2, 600, 15]
 
 
 def test_with_fast_paths_off_only_store_result_and_a_pipeline_are_used(backend: RedisBackend,

@@ -1,6 +1,7 @@
 """Each task reads the served model once, so a swap between two rows cannot answer a message with two versions."""
 
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,7 +18,8 @@ FLOWER = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_w
 
 class CapturingApp(Celery):
     """Keep each task's function by name instead of registering it: importing worker registered the iris
-    tasks as shared ones already, and a shared name keeps its first callable."""
+    tasks as shared ones already, and a shared name keeps its first callable. Each function gets the empty
+    ``request`` a Celery task called directly has, which the tasks read their message's headers from."""
 
     def __init__(self) -> None:
         super().__init__("test", set_as_current=False)
@@ -25,6 +27,7 @@ class CapturingApp(Celery):
 
     def task(self, *args: Any, **opts: Any) -> Any:
         def capture(fun: Callable[..., Any]) -> Callable[..., Any]:
+            fun.request = SimpleNamespace()  # type: ignore[attr-defined]
             self.functions[opts["name"]] = fun
             return fun
 
