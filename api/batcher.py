@@ -6,7 +6,8 @@ or without a slot once its oldest row has waited ``max_wait_ms``: batches grow w
 idle. Whichever thread finds a slot free sends the batch itself, with no hand-off: a request that finds one
 free and nothing waiting publishes its own row, and ``deliver``, which resolves a batch's requests when its
 answer comes (api/replies.py calls it), first sends the rows that waited for that batch's slot. A flusher
-thread only times the rows that wait for a slot.
+thread, which nobody wakes, looks every ``max_wait`` for rows that waited that long and sends them without a
+slot, and frees the slots of answers that never came.
 """
 
 import logging
@@ -87,6 +88,7 @@ class EdgeBatcher:
         self._trace = trace  # returns the current request's trace context; None while tracing is off
         self._max_size = max_size
         self._max_wait = max_wait_ms / 1000.0
+        self._poll = self._max_wait if self._max_wait > 0 else 0.01  # how often the flusher looks for rows
         self._max_in_flight = max_in_flight
         self._reply_timeout = reply_timeout
         self._clock = clock
@@ -115,11 +117,13 @@ class EdgeBatcher:
         pending = self._pending(row, request_id)
         with self._cond:
             self._rows.append(pending)
-            batch = self._take_with_slot()
-            if batch is None and len(self._rows) == 1:
-                self._cond.notify()  # the first row to wait for a slot: the flusher times its wait
+            # No slot free: the row waits for an answer to free one, and the flusher, which looks every
+            # max_wait, times it. Not woken here: that wake-up cost a context switch per batch.
+            batch, slot = self._take_with_slot(), True
+            if batch is None and self._max_wait <= 0:  # rows may not wait at all: send without a slot
+                batch, slot = self._take(), False
         if batch is not None:
-            self._send(batch, slot=True)
+            self._send(batch, slot)
         return pending
 
     def enqueue(self, row: list[float], request_id: str | None = None) -> Pending:
@@ -141,11 +145,15 @@ class EdgeBatcher:
         self._waiting.pop(pending.task_id, None)
 
     def flush_once(self) -> list[Pending]:
-        """Wait for a row that can go, with a free slot or past its wait, send its batch and return it."""
+        """Wait for a row that can go, with a free slot or past its wait, send its batch and return it.
+
+        With no row waiting it looks again every ``max_wait`` (rows join without waking it), so a row waits at
+        most about ``max_wait`` beyond its own for a slot.
+        """
         with self._cond:
             while True:
                 if not self._rows:
-                    self._cond.wait()
+                    self._cond.wait(self._poll)
                     continue
                 self._expire_slots()
                 batch = self._take_with_slot()

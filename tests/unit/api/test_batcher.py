@@ -247,3 +247,22 @@ def test_rows_that_wait_for_a_slot_are_sent_by_the_answer_that_frees_it_before_i
     assert answered_when_sent == [False, False]  # the waiting rows went out before the answer was handed over
     assert first[0].wait(0) and first[0].result == {"label": "a"}
     assert slots_held(batcher) == {waiting[0].task_id}
+
+
+def test_with_no_wait_allowed_a_row_that_finds_every_slot_taken_goes_at_once_without_one(
+        publisher: FakePublisher, clock: FakeClock) -> None:
+    batcher = make(publisher, clock, max_wait_ms=0, max_in_flight=1)
+    first = batcher.submit([1.0])
+    second = batcher.submit([2.0])
+    assert [batch[1] for batch in publisher.batches] == [[first.task_id], [second.task_id]]
+    assert slots_held(batcher) == {first.task_id}
+
+
+def test_the_flusher_sends_a_row_that_waited_max_wait_though_nobody_woke_it(publisher: FakePublisher) -> None:
+    batcher = EdgeBatcher(publisher, max_size=8, max_wait_ms=20, max_in_flight=1, reply_timeout=3600.0)
+    first = batcher.submit([1.0])  # holds the only slot, and no answer will come
+    second = batcher.submit([2.0])
+    deadline = time.monotonic() + 10  # generous: bounds a failure; the flusher looks every 20 ms
+    while len(publisher.batches) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert [batch[1] for batch in publisher.batches] == [[first.task_id], [second.task_id]]
