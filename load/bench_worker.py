@@ -52,7 +52,9 @@ class Bench:
     def start_worker(self) -> psutil.Process:
         name = f"{self.queue}@%h"
         self.worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", self.queue, "-n", name, "--pool", "solo",
+            # BENCH_PY="-m cProfile -o worker.prof" profiles the worker.
+            [sys.executable, *os.environ.get("BENCH_PY", "").split(), "-m", "celery", "-A", "worker", "worker",
+             "-Q", self.queue, "-n", name, "--pool", "solo",
              "--without-gossip", "--without-mingle", "-l", "warning"], env=self.env)
         hostname = name.replace("%h", os.uname().nodename)
         deadline = time.monotonic() + 90

@@ -10,7 +10,7 @@ from celery.worker.control import control_command, inspect_command
 from shared import tasks as names
 from shared.celery_app import create_celery, rows_queue
 from shared.settings import get_settings
-from worker import watchdog
+from worker import bypass_celery_strategy, watchdog
 from worker.metrics import WorkerMetrics
 from worker.model import ModelLoadError, Registry, ServedModel
 from worker.poller import ModelPoller
@@ -125,13 +125,16 @@ def create_worker_app() -> Celery:
     app.conf.worker_pool_restarts = True
     signals.worker_init.connect(_load_model, weak=False)
     signals.celeryd_after_setup.connect(_consume_rows, weak=False)
+    # Rate limits are per task and none is set; Celery would still look one up for every message.
+    app.conf.worker_disable_rate_limits = True
+    strategy = bypass_celery_strategy.STRATEGY if settings.fast_paths else None
     if settings.metrics:
         metrics = WorkerMetrics(settings, lambda: _swapper)
-        register_tasks(app, served_model, metrics.tasks)
+        register_tasks(app, served_model, metrics.tasks, strategy)
         signals.worker_init.connect(metrics.serve, weak=False)  # after the model loads: WORKER_METRICS_PORT
         signals.worker_shutdown.connect(metrics.stop, weak=False)
     else:
-        register_tasks(app, served_model)
+        register_tasks(app, served_model, strategy=strategy)
     signals.worker_process_init.connect(_warm_child, weak=False)
     signals.worker_ready.connect(_start_polling, weak=False)
     signals.worker_shutting_down.connect(_stop_polling, weak=False)

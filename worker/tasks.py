@@ -25,8 +25,10 @@ def _rows_or_raise(payloads: list[Any], title: str) -> list[list[float]]:
         raise PayloadValidationError(format_validation_error(exc, title)) from None
 
 
-def register_tasks(app: Celery, model: Callable[[], ServedModel], metrics: TaskMetrics | None = None) -> None:
-    """Register the iris tasks on ``app``; ``model`` returns the model serving now, ``metrics`` counts their runs.
+def register_tasks(app: Celery, model: Callable[[], ServedModel], metrics: TaskMetrics | None = None,
+                   strategy: str | None = None) -> None:
+    """Register the iris tasks on ``app``; ``model`` returns the model serving now, ``metrics`` counts their runs,
+    and ``strategy`` (worker/bypass_celery_strategy.py, with FAST_PATHS on) runs the API's internal messages.
 
     Each task calls ``model()`` once and predicts all its rows with that object: a live swap (worker/swap.py)
     between two calls would otherwise answer one message with two versions.
@@ -62,7 +64,9 @@ def register_tasks(app: Celery, model: Callable[[], ServedModel], metrics: TaskM
             predicted(results)
             return results
 
-    @app.task(name=names.CLASSIFY_ROWS, ignore_result=True)
+    internal: dict[str, Any] = {"ignore_result": True, **({"Strategy": strategy} if strategy else {})}
+
+    @app.task(name=names.CLASSIFY_ROWS, **internal)
     def classify_rows(rows: list[list[float]], task_ids: list[str], reply_to: str | None = None) -> None:
         """Predict rows gathered by an API process and answer each under its own task id."""
         stored: list[Any]
@@ -81,7 +85,7 @@ def register_tasks(app: Celery, model: Callable[[], ServedModel], metrics: TaskM
             if state == states.SUCCESS:
                 predicted(stored)
 
-    @app.task(name=names.CLASSIFY_TABLE, ignore_result=True)
+    @app.task(name=names.CLASSIFY_TABLE, **internal)
     def classify_table(rows: list[list[float]], task_id: str, reply_to: str | None = None) -> None:
         """Predict one batch request's rows, validated by the API, and answer them as one list under ``task_id``."""
         outcome: dict[str, Any]

@@ -186,6 +186,8 @@ def install(app: Celery, settings: Settings) -> None:
         watchdog = ConsumerWatchdog(instance.app, sender, settings)
         instance.app.amqp.queues.select_add(watchdog.queue)
         signals.task_received.connect(watchdog.on_received, weak=False)
+        # Edge batches run past Celery's strategy, which sends no task_received (worker/bypass_celery_strategy.py).
+        signals.task_prerun.connect(watchdog.on_received, weak=False)
         watchdogs.append(watchdog)
 
     def ready(sender: Any = None, **_: Any) -> None:
