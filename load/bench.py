@@ -1,17 +1,21 @@
-"""Benchmark a running stack: sync throughput and latency by connections, async latency, batch rows/s.
+"""Benchmark a running stack: a sweep of sync load against the seed's design, async latency, batch rows/s.
 
 Run against `make up` with `make bench` (or `.venv/bin/python load/bench.py --url http://127.0.0.1:9191`).
-Sync and batch load come from wrk; async submit-to-result latency from a polling client. It prints a
-table and writes a JSON report and a PNG plot (throughput and p99 against connections) under
-load/reports/. It also reports the API processes' memory and whether they map scikit-learn, pandas or
-SciPy (read from /proc, so Linux only).
+The sweep loads POST /v1/classify with wrk at 1, 8, 32 and 128 connections, and at each count the seed's
+in-process design too (its yardstick server, ../shared/baselines/seed_inprocess.py, started here under gunicorn
+with the same model), alternating the two for ``--rounds`` rounds and taking medians. Async submit-to-result
+latency comes from a polling client, batch rows/s from wrk. It prints the tables and writes a JSON report and a
+PNG plot (req/s, p50 and p99 against connections, for both) under load/reports/. It also reports the API
+processes' memory and whether they map scikit-learn, pandas or SciPy (read from /proc, so Linux only).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -53,6 +57,67 @@ def wrk(url: str, body: dict[str, Any], connections: int, seconds: int) -> dict[
         "p99_ms": to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),  # type: ignore[union-attr]
         "errors": (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0),
     }
+
+
+SEED_APP = Path(__file__).resolve().parents[2] / "shared" / "baselines" / "seed_inprocess.py"
+SEED_PORT = 9290
+
+
+class SeedServer:
+    """The seed's in-process design (model in the web process), on gunicorn as side_by_side.py runs it."""
+
+    def __init__(self, app: Path, port: int = SEED_PORT) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": _absolute_sqlite(os.environ.get("MLFLOW_TRACKING_URI",
+                                                                                   "sqlite:///mlruns.db"))}
+        gunicorn = Path(sys.executable).with_name("gunicorn")
+        self.proc = subprocess.Popen([str(gunicorn), "--chdir", str(app.parent), "-b", f"127.0.0.1:{port}", "-w", "2",
+                                      "--threads", "2", "--preload", f"{app.stem}:app"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                request(f"{self.url}/v1/classify", FLOWER)
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"the seed's design did not start from {app}") from None
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def _absolute_sqlite(uri: str) -> str:
+    """The seed server runs from its own folder: give a relative sqlite store an absolute path."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+    return uri
+
+
+def sweep(servers: dict[str, str], connections: list[int], seconds: int, rounds: int) -> list[dict[str, Any]]:
+    """Load each server's /v1/classify at each connection count, alternating servers; return medians per pair."""
+    rows = []
+    for count in connections:
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+        for url in servers.values():  # warm up each at this concurrency, not counted
+            wrk(f"{url}/v1/classify", FLOWER, count, 2)
+        for round_ in range(rounds):
+            order = list(servers.items()) if round_ % 2 == 0 else list(servers.items())[::-1]
+            for name, url in order:
+                say(f"sweep: {name}, {count} connections, round {round_ + 1} of {rounds}")
+                runs[name].append(wrk(f"{url}/v1/classify", FLOWER, count, seconds))
+        for name, results in runs.items():
+            rows.append({"server": name, "connections": count,
+                         **{key: statistics.median(r[key] for r in results) for key in ("rps", "p50_ms", "p99_ms")},
+                         "errors": sum(r["errors"] for r in results)})
+    return rows
 
 
 def request(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
@@ -133,24 +198,31 @@ def worker_readiness(timeout: float = 60) -> float:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
+    """Draw req/s, and p50 and p99 latency, against connections for each server of the sweep."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sync = report["sync"]
-    conns = [row["connections"] for row in sync]
-    fig, left = plt.subplots(figsize=(8, 4.5))
-    left.plot(conns, [row["rps"] for row in sync], "o-", color="tab:blue", label="req/s")
-    left.set_xlabel("connections")
-    left.set_ylabel("requests per second", color="tab:blue")
-    left.set_xscale("log", base=2)
-    left.set_xticks(conns, [str(c) for c in conns])
-    right = left.twinx()
-    right.plot(conns, [row["p99_ms"] for row in sync], "s--", color="tab:red", label="p99 ms")
-    right.set_ylabel("p99 latency (ms)", color="tab:red")
-    left.set_title(f"POST /v1/classify on {report['machine']}")
-    left.grid(alpha=0.3)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    colours = {"this stack": "tab:blue", "seed's design": "tab:orange"}
+    conns = sorted({row["connections"] for row in report["sweep"]})
+    for name in dict.fromkeys(row["server"] for row in report["sweep"]):
+        rows = [row for row in report["sweep"] if row["server"] == name]
+        counts = [row["connections"] for row in rows]
+        colour = colours.get(name, "tab:gray")
+        left.plot(counts, [row["rps"] for row in rows], "o-", color=colour, label=name)
+        right.plot(counts, [row["p50_ms"] for row in rows], "o-", color=colour, label=f"{name} p50")
+        right.plot(counts, [row["p99_ms"] for row in rows], "s--", color=colour, label=f"{name} p99")
+    for axis, label in ((left, "requests per second"), (right, "latency (ms)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(conns, [str(c) for c in conns])
+        axis.set_xlabel("connections")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    right.set_yscale("log")
+    fig.suptitle(f"POST /v1/classify by connections, {report['machine']} (medians of {report['rounds']} rounds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -159,7 +231,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:9191")
     parser.add_argument("--seconds", type=int, default=10, help="per wrk run")
-    parser.add_argument("--connections", default="1,8,32")
+    parser.add_argument("--connections", default="1,8,32,128")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per server and connection count")
+    parser.add_argument("--seed-app", type=Path, default=SEED_APP,
+                        help="the seed's design to compare with (skipped when the file is missing)")
     parser.add_argument("--async-count", type=int, default=200)
     parser.add_argument("--batch-rows", type=int, default=1000)
     parser.add_argument("--batch-clients", type=int, default=4)
@@ -174,11 +249,20 @@ def main() -> int:
         sys.exit(f"the stack does not answer {base}/readyz ({exc}): run `make up` first")
 
     report: dict[str, Any] = {"url": base, "machine": f"{os.cpu_count()} cores", "when": time.strftime("%F %T"),
-                              "sync": []}
-    for connections in map(int, args.connections.split(",")):
-        say(f"sync POST /v1/classify, {connections} connections, {args.seconds} s")
-        report["sync"].append({"connections": connections,
-                               **wrk(f"{base}/v1/classify", FLOWER, connections, args.seconds)})
+                              "rounds": args.rounds}
+    servers = {"this stack": base}
+    seed = None
+    if args.seed_app.is_file():
+        say(f"starting the seed's design from {args.seed_app} on port {SEED_PORT}")
+        seed = SeedServer(args.seed_app)
+        servers["seed's design"] = seed.url
+    else:
+        say(f"{args.seed_app} not found: the sweep measures this stack alone")
+    try:
+        report["sweep"] = sweep(servers, [int(c) for c in args.connections.split(",")], args.seconds, args.rounds)
+    finally:
+        if seed is not None:
+            seed.stop()
     say(f"async submit-to-result latency, {args.async_count} requests")
     report["async"] = async_latency(base, args.async_count)
     say(f"batch: {args.batch_rows}-row requests from {args.batch_clients} clients, {args.seconds} s")
@@ -190,10 +274,16 @@ def main() -> int:
     report["worker_ready_s"] = worker_readiness()
     report["api_processes"] = api_processes(urllib.parse.urlparse(base).port or 80)
 
-    print(f"\n{'sync POST /v1/classify':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
-    for row in report["sync"]:
-        print(f"{str(row['connections']) + ' connections':<28}{row['rps']:>10.0f}{row['p50_ms']:>10.1f}"
-              f"{row['p99_ms']:>10.1f}{row['errors']:>8}")
+    print(f"\n{'POST /v1/classify':<18}{'connections':>12}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    for row in report["sweep"]:
+        print(f"{row['server']:<18}{row['connections']:>12}{row['rps']:>10.0f}{row['p50_ms']:>10.2f}"
+              f"{row['p99_ms']:>10.2f}{row['errors']:>8}")
+    by = {(row["server"], row["connections"]): row for row in report["sweep"]}
+    for count in sorted({row["connections"] for row in report["sweep"]}):
+        ours, theirs = by.get(("this stack", count)), by.get(("seed's design", count))
+        if ours and theirs:
+            print(f"{count:>4} connections: {ours['rps'] / theirs['rps']:.2f}x the seed's req/s, "
+                  f"p50 {ours['p50_ms'] - theirs['p50_ms']:+.2f} ms, p99 {ours['p99_ms'] - theirs['p99_ms']:+.2f} ms")
     a, b = report["async"], report["batch"]
     print(f"{'async submit-to-result':<28}{'':>10}{a['p50_ms']:>10.1f}{a['p99_ms']:>10.1f}")
     print(f"{'batch ' + str(b['rows']) + ' rows x ' + str(b['clients']) + ' clients':<28}{b['rps']:>10.1f}"
