@@ -10,6 +10,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.metrics import ApiMetrics
 from tests.helpers import SEED_EXAMPLE, WorkerProcess, api_server
 
 REQUESTS = 40
@@ -52,9 +53,15 @@ def test_the_api_sums_its_processes_figures_and_the_worker_serves_its_own(stack_
         version = answers[0][1]["data"]["model_version"]
         assert classify(url, {**SEED_EXAMPLE, "sepal_length": "x"})[0] == 400
 
+        classify_200 = ("iris_requests_total", (("endpoint", "classify.classify"), ("status", "200")))
+        # Each process moves its requests' figures into the shared files once a second (ApiMetrics.flush).
+        deadline = time.monotonic() + 10
+        while (api := scrape(url)).get(classify_200, 0) < REQUESTS:
+            assert time.monotonic() < deadline, api
+            time.sleep(0.2)
+        time.sleep(ApiMetrics.FLUSH_SECONDS * 1.5)  # the 400 and its duration too
         # Both processes answered some requests, and whichever answers a scrape sums both.
         assert len({f.stem.rsplit("_", 1)[1] for f in multiproc.glob("counter_*.db")}) == 2
-        classify_200 = ("iris_requests_total", (("endpoint", "classify.classify"), ("status", "200")))
         api = scrape(url)
         assert api[classify_200] == REQUESTS
         assert all(scrape(url)[classify_200] == REQUESTS for _ in range(3))
