@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app, metrics, metrics_dir
@@ -90,7 +89,9 @@ def test_each_published_batch_is_observed_by_its_rows_and_a_failed_one_is_not() 
     fail[0] = True
     with pytest.raises(ConnectionError):
         observed([[1.0] * 4] * 5, list("efghi"), [None] * 5)
-    registry: CollectorRegistry = app.extensions[metrics.KEY].registry
+    recorded: metrics.ApiMetrics = app.extensions[metrics.KEY]
+    recorded.flush()  # what the flusher thread does each second, and a scrape before it reads
+    registry = recorded.registry
     assert registry.get_sample_value("iris_batch_size_count") == 2
     assert registry.get_sample_value("iris_batch_size_sum") == 4
     assert registry.get_sample_value("iris_batch_size_bucket", {"le": "4.0"}) == 2
