@@ -3,6 +3,7 @@
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import redis
@@ -46,6 +47,18 @@ def test_stopped_worker_gives_504_with_a_poll_url_that_later_succeeds(lonely_env
         worker.stop()
 
 
+def wait_for_a_blocked_brpop(broker: redis.Redis, seconds: float = 5.0) -> None:
+    """Wait until a client of ``broker``'s database is blocked in BRPOP (here, the one worker's consumer)."""
+    db = broker.connection_pool.connection_kwargs.get("db", 0)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if any(c.get("db") == str(db) and c.get("cmd") == "brpop" and "b" in c.get("flags", "")
+               for c in broker.client_list()):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"no consumer blocked in BRPOP on db {db} within {seconds} s")
+
+
 def test_a_sync_row_whose_batch_died_with_its_worker_is_answered_at_its_poll_url(lonely_env: dict[str, str]) -> None:
     """Edge batches are consumed without acknowledgements: the API sends a timed-out row again on its own."""
     worker = WorkerProcess(lonely_env, queue="iris-lost").start()
@@ -55,6 +68,8 @@ def test_a_sync_row_whose_batch_died_with_its_worker_is_answered_at_its_poll_url
     try:
         assert client.post("/v1/classify", json=SEED_EXAMPLE).status_code == 200
         assert worker.proc is not None
+        # The answer can reach the API before the worker asks for more: freeze it only once its BRPOP waits.
+        wait_for_a_blocked_brpop(broker)
         worker.proc.send_signal(signal.SIGSTOP)  # its BRPOP stays outstanding: Redis hands it the next batch
         resp = client.post("/v1/classify", json=SEED_EXAMPLE)
         assert resp.status_code == 504
