@@ -50,21 +50,24 @@ def assert_redelivered_in_time(server: RedisServer, stranded: dict[str, float], 
         assert restored_at <= max(delivered_at + timeout, sweeping_since) + sweep + 1
 
 
-def test_sigkilled_worker_loses_none_of_300_tasks_with_default_settings(private_env: dict[str, str],
-                                                                         private_redis: RedisServer) -> None:
-    settings = make_settings(private_env)
+def test_sigkilled_worker_loses_none_of_300_tasks_and_its_task_returns_after_the_visibility_timeout(
+        private_env: dict[str, str], private_redis: RedisServer) -> None:
+    # 20 s, not the default 120 s, keeps CI short: the sweep that restores the task is the same. The default's
+    # own figures are in the README (121.4-123.6 s), and tests/unit/shared/test_celery_app.py bounds it.
+    env = {**private_env, "VISIBILITY_TIMEOUT_SECONDS": "20"}
+    settings = make_settings(env, visibility_timeout_seconds=20)
     client = create_app(settings).test_client()
     ids = publish(client, 300)
-    worker, stranded = start_and_freeze(private_redis, private_env, ids)
+    worker, stranded = start_and_freeze(private_redis, env, ids)
     worker.kill()
     killed_at = time.monotonic()
     assert held(private_redis, ids) == stranded  # the dead worker's task waits in Redis's unacknowledged hash
     assert_all_accounted_for(private_redis, ids)
 
-    replacement = WorkerProcess(private_env).start()
+    replacement = WorkerProcess(env).start()
     try:
         assert_redelivered_in_time(private_redis, stranded, settings, time.time())
-        wait_all_succeed(client, ids, timeout=180 - (time.monotonic() - killed_at))
+        wait_all_succeed(client, ids, timeout=60)
     finally:
         replacement.stop()
     print(f"all 300 succeeded {time.monotonic() - killed_at:.1f}s after the kill")
