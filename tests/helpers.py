@@ -42,6 +42,19 @@ def poll_until_done(client: Any, status_url: str, timeout: float = 30) -> dict[s
     raise AssertionError(f"{status_url} not done within {timeout}s")
 
 
+def wait_until_ready(client: Any, timeout: float = 15) -> Any:
+    """Probe /readyz with a Flask test client, as an orchestrator does, until it answers 200; return that answer.
+
+    A single probe may miss a worker's reply to its 1.5 s broadcast on a loaded machine (CI once saw a 503 right
+    after every route had answered), so probes are retried; a failure shows the body of the last 503.
+    """
+    deadline = time.monotonic() + timeout
+    while (ready := client.get("/readyz")).status_code != 200:
+        assert time.monotonic() < deadline, ready.get_json()
+        time.sleep(0.2)
+    return ready
+
+
 def make_settings(env: dict[str, str], **overrides: object) -> Settings:
     """Build settings from a test environment, as a process started with ``env`` would read them."""
     keys = {"CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "MLFLOW_TRACKING_URI", "TAG", "KEY_PREFIX",

@@ -12,7 +12,7 @@ from werkzeug.test import TestResponse
 
 from api import create_app
 from api.extension import KEY
-from tests.helpers import SEED_EXAMPLE, RedisServer, WorkerProcess, make_settings
+from tests.helpers import SEED_EXAMPLE, RedisServer, WorkerProcess, make_settings, wait_until_ready
 
 pytestmark = pytest.mark.integration
 
@@ -101,10 +101,7 @@ def test_a_warm_api_answers_503_fast_while_redis_is_down_and_serves_again_after(
         else:
             private_redis.resume()
 
-    deadline = time.monotonic() + 30
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "the API did not become ready again after Redis came back"
-        time.sleep(0.2)
+    wait_until_ready(client, timeout=30)  # after Redis came back
     serve_everything(client, task_id)
     assert client.get(f"/v1/tasks/{task_id}").get_json()["data"]["status"] == "SUCCESS"
 

@@ -7,29 +7,22 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import pytest
 
 from api import create_app
 from shared.celery_app import create_celery
-from tests.helpers import SEED_EXAMPLE, RedisServer, WorkerProcess, make_settings, poll_until_done
+from tests.helpers import (
+    SEED_EXAMPLE,
+    RedisServer,
+    WorkerProcess,
+    make_settings,
+    poll_until_done,
+    wait_until_ready,
+)
 
 SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
-
-
-def wait_until_ready(client: Any, timeout: float = 15) -> Any:
-    """Probe /readyz as an orchestrator does, until it answers 200; return that response.
-
-    One probe may miss a worker's reply to its 1.5 s broadcast on a loaded machine (CI saw one 503 right after
-    every route had answered); probes are retried for that reason, and the body of the last 503 is shown.
-    """
-    deadline = time.monotonic() + timeout
-    while (ready := client.get("/readyz")).status_code != 200:
-        assert time.monotonic() < deadline, ready.get_json()
-        time.sleep(0.5)
-    return ready
 
 
 def serve_every_route(env: dict[str, str]) -> list[str]:
