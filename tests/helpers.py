@@ -58,7 +58,7 @@ def wait_until_ready(client: Any, timeout: float = 15) -> Any:
 def make_settings(env: dict[str, str], **overrides: object) -> Settings:
     """Build settings from a test environment, as a process started with ``env`` would read them."""
     keys = {"CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "MLFLOW_TRACKING_URI", "TAG", "KEY_PREFIX",
-            "IRIS_QUEUE", "LOGLEVEL"}
+            "IRIS_QUEUE", "LOGLEVEL", "VISIBILITY_TIMEOUT_SECONDS"}
     values = {k.lower(): v for k, v in env.items() if k in keys}
     return Settings(**{**values, **overrides})  # type: ignore[arg-type]
 

@@ -55,7 +55,7 @@ def test_sigkilled_worker_loses_none_of_300_tasks_and_its_task_returns_after_the
     # 20 s, not the default 120 s, keeps CI short: the sweep that restores the task is the same. The default's
     # own figures are in the README (121.4-123.6 s), and tests/unit/shared/test_celery_app.py bounds it.
     env = {**private_env, "VISIBILITY_TIMEOUT_SECONDS": "20"}
-    settings = make_settings(env, visibility_timeout_seconds=20)
+    settings = make_settings(env)
     client = create_app(settings).test_client()
     ids = publish(client, 300)
     worker, stranded = start_and_freeze(private_redis, env, ids)
@@ -142,7 +142,7 @@ def test_sigterm_mid_burst_gives_unfinished_tasks_back_at_once(private_env: dict
 def test_tasks_queued_or_held_before_a_redis_restart_succeed_after_it(private_env: dict[str, str],
                                                                        private_redis: RedisServer) -> None:
     env = {**private_env, "VISIBILITY_TIMEOUT_SECONDS": "20"}
-    settings = make_settings(env, visibility_timeout_seconds=20)
+    settings = make_settings(env)
     client = create_app(settings).test_client()
     ids = publish(client, 300)
     worker, stranded = start_and_freeze(private_redis, env, ids)
