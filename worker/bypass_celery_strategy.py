@@ -10,9 +10,9 @@ stored under their own id, they come from the rows queue that is consumed withou
 stores its own answers. ``load/bench_worker.py`` measured 467-517 µs of worker CPU per one-row edge batch with
 this strategy against 580-640 µs with Celery's (solo pool, six alternating rounds).
 
-:func:`lean` decodes the message (still refusing content types outside ``accept_content``, so never pickle),
-pushes the task's request context (the message headers, such as ``request_ids`` and ``traceparent``, and its
-delivery info), sends ``task_prerun`` and ``task_postrun`` only when something is connected to them (the JSON
+:func:`lean` decodes the message (JSON with orjson; still refusing content types outside ``accept_content``, so
+never pickle), pushes the task's request context (the message headers, such as ``request_ids`` and ``traceparent``,
+and its delivery info), sends ``task_prerun`` and ``task_postrun`` only when something is connected to them (the JSON
 task log at INFO, tracing), runs the task's function, logs anything it raises, and acknowledges the message
 through the promise the consumer gives every strategy. Not done: ``task_received`` is not sent (the watchdog,
 worker/watchdog.py, sees the consumer alive by ``task_prerun`` instead) and the request is not counted as active
@@ -27,6 +27,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from celery import Celery, Task, signals
 from celery.concurrency.solo import TaskPool as SoloPool
 from celery.worker.strategy import default
@@ -45,7 +46,7 @@ def lean(task: Task, app: Celery, consumer: Any, **options: Any) -> Callable[...
     prerun, postrun = signals.task_prerun, signals.task_postrun
 
     def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any) -> None:
-        args, kwargs, _embed = message.decode()
+        args, kwargs, _embed = _decode(message)
         headers = message.headers
         task_id = headers["id"]
         task.push_request(**{**headers, "args": args, "kwargs": kwargs, "delivery_info": message.delivery_info,
@@ -67,3 +68,24 @@ def lean(task: Task, app: Celery, consumer: Any, **options: Any) -> Callable[...
             ack(log, consumer.connection_errors)
 
     return handle
+
+
+def _decode(message: Any) -> Any:
+    """Decode a JSON body with orjson, anything else as kombu does (refusing what the worker does not accept).
+
+    The API's internal messages are plain JSON: orjson reads them several times faster than kombu's stdlib
+    decoder with its object hook. A body naming kombu's ``__type__`` objects (datetimes, UUIDs, bytes), and
+    anything orjson refuses (NaN, integers past 64 bits), goes to kombu unchanged.
+    """
+    accepted = message.accept is None or "application/json" in message.accept
+    body = message.body
+    if (accepted and message.content_type == "application/json" and message.content_encoding in _UTF8
+            and isinstance(body, bytes) and b'"__type__"' not in body):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    return message.decode()
+
+
+_UTF8 = frozenset({"utf-8", "utf8"})

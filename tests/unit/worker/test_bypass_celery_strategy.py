@@ -1,5 +1,6 @@
 """The lean strategy: a task it runs sees what Celery's strategy would show it, and the Celery 5.7 internals it uses."""
 
+import datetime
 import inspect
 import logging
 from collections.abc import Iterator
@@ -129,3 +130,40 @@ def test_a_message_in_a_refused_content_type_is_not_run(app: Celery) -> None:
             lean(task, app, consumer(object.__new__(SoloPool)))(received, None, lambda *a: None, None, [])
         queue.bind(conn.default_channel).delete()
     assert ran == []
+
+
+def test_a_json_body_orjson_refuses_is_decoded_by_kombu_as_before(app: Celery) -> None:
+    seen: list[Any] = []
+
+    @app.task(name="test.rows")
+    def task(*args: Any) -> None:
+        seen.append(args)
+
+    with Connection("memory://") as conn:
+        queue = Queue("lean-nan", exchange=Exchange(""), routing_key="lean-nan")
+        conn.Producer(serializer="json").publish([[float("nan"), 2**70], {}, {}], routing_key=queue.name,
+                                                  declare=[queue], headers=HEADERS)
+        received = queue.bind(conn.default_channel).get(accept=["json"])
+        lean(task, app, consumer(object.__new__(SoloPool)))(received, None, lambda *a: None, None, [])
+        queue.bind(conn.default_channel).delete()
+    (args,) = seen
+    assert args[0] != args[0] and args[1] == 2**70  # NaN and a 71-bit integer: stdlib JSON, not orjson
+
+
+def test_a_body_with_kombus_typed_objects_is_decoded_by_kombu_as_before(app: Celery) -> None:
+    seen: list[Any] = []
+    when = datetime.datetime(2026, 12, 4, 5, 30, tzinfo=datetime.UTC)
+
+    @app.task(name="test.rows")
+    def task(*args: Any) -> None:
+        seen.append(args)
+
+    with Connection("memory://") as conn:
+        queue = Queue("lean-typed", exchange=Exchange(""), routing_key="lean-typed")
+        conn.Producer(serializer="json").publish([[when, [1.5]], {}, {}], routing_key=queue.name,
+                                                  declare=[queue], headers=HEADERS)
+        received = queue.bind(conn.default_channel).get(accept=["json"])
+        assert isinstance(received.body, bytes) and b'"__type__"' in received.body
+        lean(task, app, consumer(object.__new__(SoloPool)))(received, None, lambda *a: None, None, [])
+        queue.bind(conn.default_channel).delete()
+    assert seen == [(when, [1.5])]
