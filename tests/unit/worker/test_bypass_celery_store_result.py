@@ -15,7 +15,7 @@ from celery.backends.redis import RedisBackend
 
 from shared.celery_app import create_celery
 from shared.settings import Settings
-from worker.bypass_celery_store_result import _STORE_AND_REPLY, _meta, store_many
+from worker.bypass_celery_store_result import _STORE_AND_REPLY, _meta, date_done_now, store_many
 
 # Nothing listens here: a backend builds its client lazily, and these tests replace it before any call.
 URL = "redis://127.0.0.1:1/1"
@@ -57,6 +57,7 @@ def backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisBackend]:
     """A Redis result backend configured by create_celery, its clock fixed at NOW."""
     app = create_celery(Settings(celery_broker_url=URL, celery_result_backend=URL))
     monkeypatch.setattr(app, "now", lambda: NOW)
+    monkeypatch.setattr("worker.bypass_celery_store_result.date_done_now", lambda _app: NOW.isoformat())
     yield RedisBackend(app=app, url=URL)
 
 
@@ -84,6 +85,17 @@ def test_a_failure_is_written_as_celery_writes_an_exception(backend: RedisBacken
     assert ours == celerys_meta(backend, "id-1", error, states.FAILURE)
     read = backend.decode_result(orjson.dumps(ours))["result"]
     assert type(read) is ValueError and read.args == ("bad row",)
+
+
+@pytest.mark.parametrize("zone", [None, "Europe/Paris"])
+def test_date_done_is_celerys_now_in_the_apps_timezone(zone: str | None) -> None:
+    app = create_celery(Settings(celery_broker_url=URL, celery_result_backend=URL))
+    if zone is not None:
+        app.conf.timezone = zone
+    ours, celerys = datetime.datetime.fromisoformat(date_done_now(app)), app.now()
+    assert ours.utcoffset() == celerys.utcoffset() and ours.tzinfo is not None
+    assert abs((ours - celerys).total_seconds()) < 1
+    assert len(date_done_now(app)) == len(celerys.replace(microsecond=1).isoformat())  # microseconds, offset
 
 
 def test_the_backend_has_what_the_bypass_reads(backend: RedisBackend) -> None:
