@@ -14,10 +14,11 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from api import ids
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Pending:
     __slots__ = ("_answered", "_done", "enqueued", "error", "request_id", "result", "row", "task_id", "trace")
 
     def __init__(self, row: Any, request_id: str | None, enqueued: float) -> None:
-        self.task_id = str(uuid.uuid4())
+        self.task_id = ids.uuid4()
         self.row = row
         self.request_id = request_id
         self.enqueued = enqueued

@@ -22,12 +22,13 @@ transport. FAST_PATHS=0 selects the documented path instead (api/publisher.py).
 """
 
 import base64
-import uuid
 from typing import Any
 
 import orjson
 from celery import Celery, signals
 from kombu.transport import redis as kombu_redis
+
+from api import ids
 
 # Celery's protocol-2 body: (args, kwargs, embed), with no callbacks, errbacks, chain or chord.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -46,7 +47,7 @@ class EdgeMessages:
 
     def build(self, args: list[Any], argsrepr: str, headers: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         """Return (the message as kombu's virtual channel stores it, the task body) for one task of ``args``."""
-        task_id = str(uuid.uuid4())
+        task_id = ids.uuid4()
         task_headers = {**self._headers, "id": task_id, "root_id": task_id, "argsrepr": argsrepr, **headers}
         body: tuple[list[Any], dict[str, Any], dict[str, Any]] = (args, {}, _EMBED)
         message = {
@@ -56,7 +57,7 @@ class EdgeMessages:
             "headers": task_headers,
             "properties": {**self._properties, "correlation_id": task_id, "delivery_mode": 2,
                            "delivery_info": {"exchange": "", "routing_key": self.queue}, "priority": 0,
-                           "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())},
+                           "body_encoding": "base64", "delivery_tag": ids.uuid4()},
         }
         return message, body
 

@@ -2,7 +2,6 @@
 
 import contextlib
 import threading
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +10,7 @@ from celery import Celery
 from kombu import Queue
 from kombu.transport import virtual
 
+from api import ids
 from api.bypass_celery_send_task_message import EdgeMessages
 from api.circuit import Circuit
 from shared import tasks
@@ -68,7 +68,7 @@ class EdgePublisher:
                     if messages is not None and isinstance(channel, virtual.Channel):
                         messages.put(channel, args, argsrepr, headers)
                     else:
-                        message = self._celery.amqp.as_task_v2(str(uuid.uuid4()), name, args=args,
+                        message = self._celery.amqp.as_task_v2(ids.uuid4(), name, args=args,
                                                                argsrepr=argsrepr, ignore_result=True)
                         self._celery.amqp.send_task_message(producer, name, message, queue=self._queue,
                                                             headers=headers, retry=False)
