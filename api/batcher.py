@@ -186,6 +186,17 @@ class EdgeBatcher:
             if pending is not None:
                 pending.resolve(result=results[index] if results is not None else None, error=error)
 
+    def fail(self, task_ids: Sequence[str], error: Exception) -> None:
+        """Fail a published batch's rows as never queued (Redis refused it after ``publish`` returned)."""
+        if task_ids:
+            with self._cond:
+                self._release(task_ids[0])
+        log.warning("cannot enqueue a batch of %d: %s", len(task_ids), error)
+        for task_id in task_ids:
+            pending = self._waiting.pop(task_id, None)
+            if pending is not None:
+                pending.resolve(error=PublishFailed(str(error)))
+
     def _take_with_slot(self) -> list[Pending] | None:
         """Take a free slot and the rows waiting (up to ``max_size``) for it; None if none waits or none is free.
 

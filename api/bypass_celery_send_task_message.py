@@ -63,17 +63,32 @@ class EdgeMessages:
 
     def put(self, channel: Any, args: list[Any], argsrepr: str, headers: dict[str, Any]) -> None:
         """Put one message on the queue through ``channel`` (a kombu virtual channel), firing Celery's signals."""
-        message, body = self.build(args, argsrepr, headers)
-        task_headers, properties = message["headers"], message["properties"]
-        if signals.before_task_publish.receivers:
-            signals.before_task_publish.send(sender=self.name, body=body, exchange="", routing_key=self.queue,
-                                             declare=[], headers=task_headers, properties=properties,
-                                             retry_policy=None)
+        message, body = self._before(args, argsrepr, headers)
         if isinstance(channel, kombu_redis.Channel):
             with channel.conn_or_acquire() as client:  # what kombu's Redis _put does, with orjson's encoding
                 client.lpush(self.queue, orjson.dumps(message))
         else:
             channel._put(self.queue, message)
+        self._after(message, body)
+
+    def push(self, connection: Any, args: list[Any], argsrepr: str, headers: dict[str, Any]) -> Any:
+        """Write the LPUSH of one message to ``connection`` (a redis-py Connection) without reading Redis's reply;
+        return the packed command, to send again if that reply is an error. Fires Celery's signals."""
+        message, body = self._before(args, argsrepr, headers)
+        packed = connection.pack_command("LPUSH", self.queue, orjson.dumps(message))
+        connection.send_packed_command(packed)
+        self._after(message, body)
+        return packed
+
+    def _before(self, args: list[Any], argsrepr: str, headers: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        message, body = self.build(args, argsrepr, headers)
+        if signals.before_task_publish.receivers:
+            signals.before_task_publish.send(sender=self.name, body=body, exchange="", routing_key=self.queue,
+                                             declare=[], headers=message["headers"],
+                                             properties=message["properties"], retry_policy=None)
+        return message, body
+
+    def _after(self, message: dict[str, Any], body: Any) -> None:
         if signals.after_task_publish.receivers:
             signals.after_task_publish.send(sender=self.name, body=body, exchange="", routing_key=self.queue,
-                                            headers=task_headers, properties=properties)
+                                            headers=message["headers"], properties=message["properties"])

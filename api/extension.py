@@ -47,10 +47,12 @@ def init_app(app: Flask, settings: Settings) -> Services:
     # The listener hands answers to the batcher, and the publisher names the listener's channel: one
     # reply channel per API process, started in that process on its first request.
     service: ClassifyService
+    batcher: EdgeBatcher
     replies = ReplyListener(settings.celery_result_backend, settings.key_prefix,
                             on_reply=lambda ids, results_, error: service.deliver(ids, results_, error))
     publisher = EdgePublisher(celery, rows_queue(settings), replies.ensure_started, circuit, settings.fast_paths,
-                              hold_seconds=settings.row_result_hold_seconds, marks=settings.issued_prefix)
+                              hold_seconds=settings.row_result_hold_seconds, marks=settings.issued_prefix,
+                              lost=lambda task_ids, error: batcher.fail(task_ids, error))
     publish = metrics.observe_batches(app, settings, publisher)  # iris_batch_size (METRICS=false: as is)
     # With tracing on, each batch publishes inside a span linked to its rows' requests; off: publish as is.
     # Outermost: it alone takes the rows' trace contexts, as a fourth argument, and passes the three on.

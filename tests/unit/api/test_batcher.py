@@ -171,6 +171,22 @@ def test_a_failed_publish_leaves_no_row_for_a_late_answer(publisher: FakePublish
     assert isinstance(pending.error, PublishFailed) and pending.result is None
 
 
+def test_a_batch_refused_after_publish_returned_fails_its_rows_and_frees_the_slot(
+        publisher: FakePublisher, clock: FakeClock) -> None:
+    batcher = make(publisher, clock, max_in_flight=1)
+    pendings = [batcher.enqueue([float(i)]) for i in range(2)]
+    batcher.flush_once()
+    other = batcher.enqueue([9.0])
+    batcher.fail([p.task_id for p in pendings], ConnectionError("OOM command not allowed"))
+    for pending in pendings:
+        assert pending.wait(0)
+        assert isinstance(pending.error, PublishFailed) and "OOM" in str(pending.error)
+    assert slots_held(batcher) == set()
+    assert not other.wait(0)  # a row of no failed batch still waits for its own
+    batcher.deliver([pendings[0].task_id], [{"label": "late"}])  # nothing left for a late answer
+    assert pendings[0].result is None
+
+
 def test_deliver_resolves_each_row_with_its_own_result_in_order(publisher: FakePublisher, clock: FakeClock) -> None:
     batcher = make(publisher, clock)
     pendings = [batcher.enqueue([float(i)]) for i in range(3)]
