@@ -120,11 +120,11 @@ class EdgeBatcher:
             self._rows.append(pending)
             # No slot free: the row waits for an answer to free one, and the flusher, which looks every
             # max_wait, times it. Not woken here: that wake-up cost a context switch per batch.
-            batch, slot = self._take_with_slot(), True
+            batch = self._take_with_slot()
             if batch is None and self._max_wait <= 0:  # rows may not wait at all: send without a slot
-                batch, slot = self._take(), False
+                batch = self._take()
         if batch is not None:
-            self._send(batch, slot)
+            self._send(batch)
         return pending
 
     def enqueue(self, row: list[float], request_id: str | None = None) -> Pending:
@@ -159,14 +159,13 @@ class EdgeBatcher:
                 self._expire_slots()
                 batch = self._take_with_slot()
                 if batch is not None:
-                    slot = True
                     break
                 remaining = self._rows[0].enqueued + self._max_wait - self._clock()
                 if remaining <= 0:  # every slot is taken and the oldest row waited long enough: send anyway
-                    batch, slot = self._take(), False
+                    batch = self._take()
                     break
                 self._cond.wait(remaining)
-        self._send(batch, slot)
+        self._send(batch)
         return batch
 
     def deliver(self, task_ids: Sequence[str], results: Sequence[Any] | None = None,
@@ -177,7 +176,7 @@ class EdgeBatcher:
                 self._release(task_ids[0])
                 batch = self._take_with_slot()
             if batch is not None:  # first: the worker is waiting for work, and these rows for the worker
-                self._send(batch, slot=True)
+                self._send(batch)
         if results is not None and len(results) != len(task_ids):  # a malformed answer: let the rows time out
             log.warning("a reply holds %d results for %d rows; ignored", len(results), len(task_ids))
             return
@@ -187,10 +186,11 @@ class EdgeBatcher:
                 pending.resolve(result=results[index] if results is not None else None, error=error)
 
     def fail(self, task_ids: Sequence[str], error: Exception) -> None:
-        """Fail a published batch's rows as never queued (Redis refused it after ``publish`` returned)."""
+        """Fail a batch's rows as never queued and free its slot, if it held one: its publish raised, or Redis
+        refused it after ``publish`` returned."""
         if task_ids:
             with self._cond:
-                self._release(task_ids[0])
+                self._release(task_ids[0])  # a batch sent without a slot is not in _in_flight: nothing to free
         log.warning("cannot enqueue a batch of %d: %s", len(task_ids), error)
         for task_id in task_ids:
             pending = self._waiting.pop(task_id, None)
@@ -214,7 +214,7 @@ class EdgeBatcher:
         rows = self._rows
         return [rows.popleft() for _ in range(min(len(rows), self._max_size))]
 
-    def _send(self, batch: list[Pending], slot: bool) -> None:
+    def _send(self, batch: list[Pending]) -> None:
         """Publish one batch; a failed publish fails its rows at once and frees its slot."""
         try:
             if self._trace is None:
@@ -223,13 +223,7 @@ class EdgeBatcher:
                 self._publish([p.row for p in batch], [p.task_id for p in batch], [p.request_id for p in batch],
                               [p.trace for p in batch])
         except Exception as exc:
-            if slot:
-                with self._cond:
-                    self._release(batch[0].task_id)
-            log.warning("cannot enqueue a batch of %d: %s", len(batch), exc)
-            for pending in batch:
-                self._waiting.pop(pending.task_id, None)
-                pending.resolve(error=PublishFailed(str(exc)))
+            self.fail([p.task_id for p in batch], exc)
 
     def _expire_slots(self) -> None:
         """Free the slots of batches whose answer never came (a worker died or the reply was missed; lock held)."""
