@@ -59,8 +59,13 @@ class Settings(BaseSettings):
     broker_health_check_interval_seconds: int = Field(2, ge=1)
     # Touched by the watchdog each time the consumer is seen alive; a container health check reads its age.
     worker_heartbeat_file: str | None = None
-    # Comma-separated keys; when set, /v1/* needs one (Authorization: Bearer <key> or X-API-Key). Unset: open.
+    # Comma-separated keys; when set, the classify, task and scoring routes need one (Authorization: Bearer <key>
+    # or X-API-Key). Unset: open. Set but blank or malformed: the API refuses to start (api/auth.py).
     api_keys: SecretStr | None = None
+    # A file holding the keys (comma- or newline-separated), as Docker and Kubernetes mount secrets; not both.
+    api_keys_file: str | None = None
+    # Put GET /metrics, /docs and /openapi.json behind the key too (when keys are set).
+    protect_metrics_and_docs: bool = False
     # One JSON line per API request (method, path, status, duration_ms, request_id); off for throughput.
     access_log: bool = False
     # The longest the API waits on any one Redis call before it answers 503; nothing retries a timeout. The
