@@ -2,6 +2,8 @@
 # shellcheck shell=bash
 
 say() { printf '\033[1m==>\033[0m %s\n' "$*"; }
+# redact TEXT: TEXT with the password of every scheme://user:password@host replaced by *** (shared/redact.py).
+redact() { printf '%s' "$*" | sed -E 's#([a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@[:space:]]*:)[^/?#[:space:]]*@#\1***@#g'; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 find_python() {

@@ -52,10 +52,10 @@ as_root='s/^;user=root$/user=root/'
 logs="$RUN_DIR/worker-*.log  $RUN_DIR/api.log"
 
 if redis_answers "$CELERY_BROKER_URL"; then
-  say "using the Redis at $CELERY_BROKER_URL"
+  say "using the Redis at $(redact "$CELERY_BROKER_URL")"
 else
   host=$(url_host "$CELERY_BROKER_URL")
-  case "$host" in 127.0.0.1|localhost|::1) ;; *) die "no Redis answers at $CELERY_BROKER_URL";; esac
+  case "$host" in 127.0.0.1|localhost|::1) ;; *) die "no Redis answers at $(redact "$CELERY_BROKER_URL")";; esac
   ensure_redis_server
   REDIS_PORT=$(url_port "$CELERY_BROKER_URL")
   export REDIS_PORT
@@ -68,7 +68,7 @@ fi
 if (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then die "port $PORT is in use: stop what runs there or set PORT"; fi
 
 if [ "${UP_SKIP_SETUP:-}" != 1 ]; then
-  say "checking for a champion model in $MLFLOW_TRACKING_URI"
+  say "checking for a champion model in $(redact "$MLFLOW_TRACKING_URI")"
   .venv/bin/python -m training --if-missing
 fi
 
