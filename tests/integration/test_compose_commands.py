@@ -38,9 +38,13 @@ pytestmark = pytest.mark.integration
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 BIN = Path(sys.executable).parent
-# Compose interpolation: $$ is a literal $, ${VAR}, ${VAR:-default} (unset or empty), ${VAR-default} (unset).
-_VAR = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}"
+# Compose interpolation: $$ is a literal $, ${VAR}, ${VAR:-default} (unset or empty), ${VAR-default} (unset),
+# ${VAR:?message} (an error when unset or empty).
+_VAR = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<default>[^}]*))?\}"
                   r"|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)")
+# What `make env` writes into .env: the compose file has no default for these.
+SECRETS = {"REDIS_PASSWORD": "compose-test-redis", "API_KEYS": "compose-test-key-0123456789",
+           "FLOWER_BASIC_AUTH": "admin:compose-test"}
 
 
 def substitute(value: Any, variables: Mapping[str, str]) -> Any:
@@ -59,11 +63,19 @@ def substitute(value: Any, variables: Mapping[str, str]) -> Any:
         current = variables.get(name)
         if match["op"] == ":-" and not current:
             return match["default"]
+        if match["op"] == ":?" and not current:
+            raise KeyError(f"{name}: {match['default']}")
         if match["op"] == "-" and current is None:
             return match["default"]
         return current or ""
 
     return _VAR.sub(one, value)
+
+
+def test_substitute_refuses_a_required_variable_that_is_unset() -> None:
+    with pytest.raises(KeyError, match="run make env"):
+        substitute("redis://iris:${REDIS_PASSWORD:?set it (run make env)}@redis", {})
+    assert substitute("${REDIS_PASSWORD:?x}", {"REDIS_PASSWORD": "p"}) == "p"
 
 
 def test_substitute_follows_compose_rules() -> None:
@@ -233,9 +245,9 @@ def _get(url: str, timeout: float = 3) -> tuple[int, dict[str, Any]]:
         return exc.code, _json(exc.read())
 
 
-def _post(url: str, body: Any, timeout: float = 15) -> tuple[int, dict[str, Any]]:
+def _post(url: str, body: Any, timeout: float = 15, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, _json(resp.read())
@@ -302,9 +314,31 @@ def test_compose_file_keeps_its_guarantees(compose: dict[str, Any]) -> None:
     assert services["trainer"]["restart"] == "no"
     assert services["trainer"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
     assert services["locust"]["profiles"] == ["load"]
-    redis_cmd = services["redis"]["command"]
-    assert "--appendonly" in redis_cmd and "noeviction" in redis_cmd
+    redis_cmd = " ".join(services["redis"]["command"])
+    assert "--appendonly yes" in redis_cmd and "--maxmemory-policy noeviction" in redis_cmd
+    assert '--maxmemory "$$REDIS_MAXMEMORY"' in redis_cmd and "--aclfile" in redis_cmd
     # What each image installs from uv.lock is checked in tests/unit/test_uv_lock.py.
+
+
+def test_only_the_api_listens_beyond_loopback_and_every_container_is_hardened(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            if name != "api":
+                assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+        assert service.get("read_only") is True, f"{name} has a writable root filesystem"
+        assert service.get("cap_drop") == ["ALL"], f"{name} keeps capabilities"
+        assert "no-new-privileges:true" in service.get("security_opt", []), f"{name} may gain privileges"
+        assert service.get("mem_limit"), f"{name} has no memory limit"
+    api_env = environment(services["api"])
+    assert "${API_KEYS:?" in api_env["API_KEYS"], "compose must refuse to start the API without keys"
+    flower = services["flower"]
+    assert "${FLOWER_BASIC_AUTH:?" in environment(flower)["FLOWER_BASIC_AUTH"]
+    # No secret on a command line, where `ps` and `docker inspect` show it.
+    for name in ("flower", "worker", "api", "redis"):
+        argv = " ".join(map(str, [*services[name].get("entrypoint", []), *services[name].get("command", [])]))
+        assert "REDIS_PASSWORD}" not in argv and "://" not in argv, f"{name}'s command line carries a URL"
+    assert "${REDIS_PASSWORD:?" in environment(services["worker"])["CELERY_BROKER_URL"]
 
 
 def test_worker_health_check_fails_when_the_heartbeat_is_missing_or_stale(compose: dict[str, Any],
@@ -329,7 +363,7 @@ def test_compose_commands_serve_the_seed_example(compose: dict[str, Any], stack_
     services = compose["services"]
     queue = f"iris-compose-{uuid.uuid4().hex[:8]}"
     # What `docker compose` would see in its environment: nothing but a queue of this test's own.
-    variables = {"IRIS_QUEUE": queue}
+    variables = {"IRIS_QUEUE": queue, **SECRETS}
     svc = {name: substitute(services[name], variables) for name in ("mlflow", "trainer", "worker", "api")}
     images = {name: Dockerfile(ROOT / s["build"]["dockerfile"]) for name, s in svc.items()}
 
@@ -428,7 +462,11 @@ def test_compose_commands_serve_the_seed_example(compose: dict[str, Any], stack_
     body = _wait(ready, "API /readyz with the compose worker", 60, procs, "api", "worker", "mlflow")
     assert body["message"] == "success"
 
+    # Compose passes API_KEYS to the API: no key, no answer.
     status, body = _post(f"http://127.0.0.1:{api_port}/v1/classify", SEED_EXAMPLE)
+    assert status == 401, body
+    status, body = _post(f"http://127.0.0.1:{api_port}/v1/classify", SEED_EXAMPLE,
+                         headers={"X-API-Key": SECRETS["API_KEYS"]})
     assert status == 200, body
     assert body["message"] == "success" and body["error"] is None
     assert body["version"] == environment(svc["api"])["TAG"]
