@@ -1,5 +1,5 @@
 # The two commands a newcomer needs are `make up` and `make test`; the rest are conveniences.
-.PHONY: up test lock train reload rollback worker api api-gunicorn flower mlflow-ui bench side-by-side load soak clean help
+.PHONY: up test env lock train reload rollback worker api api-gunicorn flower mlflow-ui bench side-by-side load soak clean help
 # scripts/lib.sh is bash; make's default /bin/sh is dash on Debian.
 SHELL := /bin/bash
 
@@ -11,6 +11,9 @@ up:  ## run Redis (if needed), a champion (trained if none), WORKERS workers and
 
 test:  ## install test dependencies, run ruff, mypy, container checks and pytest
 	@scripts/test.sh
+
+env:  ## write .env for docker compose: a random Redis password, API key and Flower login (never overwrites)
+	@scripts/make-env.sh
 
 lock:  ## re-pin uv.lock after editing pyproject.toml's dependencies (ARGS=--upgrade to take every upgrade)
 	@. scripts/lib.sh && uv=$$(find_uv) && "$$uv" lock $(ARGS)
@@ -33,9 +36,10 @@ api:  ## run the API in the foreground (granian, as make up and the container do
 api-gunicorn:  ## run the API with gunicorn instead (the seed's server; slower here, see README)
 	.venv/bin/gunicorn -c gunicorn.conf.py
 
-flower:  ## Flower on http://localhost:5555: workers, queues, tasks of the stack make up runs (FLOWER_PORT)
-	@. scripts/lib.sh && ensure_venv flower && .venv/bin/celery --broker="$${CELERY_BROKER_URL:-redis://127.0.0.1:6379/0}" \
-		flower --port="$${FLOWER_PORT:-5555}"
+flower:  ## Flower on http://127.0.0.1:5555 behind FLOWER_BASIC_AUTH=user:password: workers, queues, tasks (FLOWER_PORT)
+	@. scripts/lib.sh && [ -n "$${FLOWER_BASIC_AUTH:-}" ] || die "Flower shows every task's arguments and results: set FLOWER_BASIC_AUTH=user:password"; \
+		ensure_venv flower && CELERY_BROKER_URL="$${CELERY_BROKER_URL:-redis://127.0.0.1:6379/0}" \
+		.venv/bin/celery flower --address=127.0.0.1 --port="$${FLOWER_PORT:-5555}"
 
 mlflow-ui:  ## the MLflow UI on http://localhost:8081: runs, confusion matrices, the registry and its aliases
 	@. scripts/lib.sh && ensure_venv api,worker,training && .venv/bin/mlflow ui \

@@ -10,7 +10,8 @@ message == "success", a known pred_label, probabilities that add up, a batch as 
 unmistakable setosa flowers, the setosa label.
 
 Environment knobs: LOAD_MAX_WAIT (seconds between a user's requests, default 0.1), LOAD_BATCH_SIZE (rows per
-batch request, default 20), LOAD_POLL_TIMEOUT (seconds an async task may take, default 15).
+batch request, default 20), LOAD_POLL_TIMEOUT (seconds an async task may take, default 15), API_KEY (sent as
+X-API-Key, for a stack started with API_KEYS, such as docker-compose's).
 """
 
 import json
@@ -34,6 +35,7 @@ MAX_WAIT = float(os.environ.get("LOAD_MAX_WAIT", "0.1"))
 BATCH_SIZE = int(os.environ.get("LOAD_BATCH_SIZE", "20"))
 POLL_TIMEOUT = float(os.environ.get("LOAD_POLL_TIMEOUT", "15"))
 DONE = {"SUCCESS", "FAILURE", "REVOKED"}
+API_KEY = os.environ.get("API_KEY", "")
 
 
 def random_flower() -> dict[str, float]:
@@ -93,6 +95,7 @@ def envelope_problem(response: Any, status: int) -> tuple[Any, str | None]:
 class _IrisUser(FastHttpUser):
     abstract = True
     wait_time = between(0.0, MAX_WAIT)
+    default_headers = {"X-API-Key": API_KEY} if API_KEY else None
     # Requests queue behind the workers under load: allow more than the API's own sync timeout.
     network_timeout = 30.0
     connection_timeout = 5.0
