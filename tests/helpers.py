@@ -1,6 +1,8 @@
 """Helpers for tests that run the real stack: settings from a test environment, worker subprocesses."""
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -9,7 +11,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -228,3 +230,90 @@ def api_server(env: dict[str, str], server: str = "gunicorn", **settings: str) -
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(20)
+
+
+def children() -> dict[int, list[int]]:
+    """Map each live pid to its children's pids, read from /proc."""
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            # The command name may hold spaces and parentheses; the fields after the last ")" do not.
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def alive(pid: int) -> bool:
+    """Tell whether ``pid`` runs (a zombie has finished and only waits to be reaped)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class UpScript:
+    """scripts/up.sh in a session of its own, its output in a file."""
+
+    def __init__(self, env: dict[str, str], run_dir: Path) -> None:
+        self.env = {**env, "RUN_DIR": str(run_dir), "UP_SKIP_SETUP": "1"}
+        self.port = int(self.env["PORT"])
+        self.out = run_dir.parent / "up.out"
+        with self.out.open("wb") as fh:
+            self.proc = subprocess.Popen(["bash", "scripts/up.sh"], cwd=ROOT, env=self.env, stdout=fh,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.seen: set[int] = set()
+
+    def output(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def report(self) -> str:
+        """Return up.sh's output and the end of each program's log, for a failure message."""
+        logs = sorted(self.out.parent.glob("run/*.log"))
+        return self.output() + "".join(f"\n--- {log.name} ---\n{log.read_text(errors='replace')[-3000:]}"
+                                       for log in logs)
+
+    def spawned(self, program: str) -> list[int]:
+        """Return the pids supervisord reported for ``program``, oldest first."""
+        return [int(pid) for pid in re.findall(rf"spawned: '{program}' with pid (\d+)", self.output())]
+
+    def processes(self) -> set[int]:
+        """Return up.sh and every process below it now, and remember them for the teardown."""
+        tree, found, todo = children(), set(), [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            found.add(pid)
+            todo.extend(tree.get(pid, []))
+        self.seen |= found
+        return found
+
+    def wait_for(self, check: Callable[[], Any], what: str, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, f"up.sh exited with {self.proc.returncode}:\n{self.report()}"
+            with contextlib.suppress(OSError):
+                result = check()
+                if result:
+                    return result
+            assert time.monotonic() < deadline, f"{what} not reached in {timeout:.0f}s:\n{self.report()}"
+            time.sleep(0.2)
+
+    def terminate(self, timeout: float = 60) -> int:
+        """Send SIGTERM to up.sh alone, as `kill` or a process manager does, and wait for it to exit."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def cleanup(self) -> None:
+        """Whatever a failed test left behind goes: up.sh first, then any process it ever had below it."""
+        if self.proc.poll() is None:
+            self.processes()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.terminate(60)
+        for pid in self.seen:
+            if alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

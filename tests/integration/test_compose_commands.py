@@ -245,7 +245,8 @@ def _get(url: str, timeout: float = 3) -> tuple[int, dict[str, Any]]:
         return exc.code, _json(exc.read())
 
 
-def _post(url: str, body: Any, timeout: float = 15, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+def _post(url: str, body: Any, timeout: float = 15,
+          headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json", **(headers or {})})
     try:

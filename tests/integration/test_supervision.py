@@ -4,115 +4,24 @@ The tests run scripts/up.sh itself (the code path of `make up`) with UP_SKIP_SET
 has installed the venv and trained a model already, and read supervisord's lines from its output.
 """
 
-import contextlib
 import json
 import os
-import re
 import signal
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shared import tasks
 from shared.celery_app import create_celery
-from tests.helpers import ROOT, SEED_EXAMPLE, RedisServer, free_port, make_settings
+from tests.helpers import SEED_EXAMPLE, RedisServer, UpScript, alive, free_port, make_settings
 
 pytestmark = pytest.mark.integration
-
-
-def _children() -> dict[int, list[int]]:
-    """Map each live pid to its children's pids, read from /proc."""
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            # The command name may hold spaces and parentheses; the fields after the last ")" do not.
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
-
-
-def _alive(pid: int) -> bool:
-    """Tell whether ``pid`` runs (a zombie has finished and only waits to be reaped)."""
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-class UpScript:
-    """scripts/up.sh in a session of its own, its output in a file."""
-
-    def __init__(self, env: dict[str, str], run_dir: Path) -> None:
-        self.env = {**env, "RUN_DIR": str(run_dir), "UP_SKIP_SETUP": "1"}
-        self.port = int(self.env["PORT"])
-        self.out = run_dir.parent / "up.out"
-        with self.out.open("wb") as fh:
-            self.proc = subprocess.Popen(["bash", "scripts/up.sh"], cwd=ROOT, env=self.env, stdout=fh,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.seen: set[int] = set()
-
-    def output(self) -> str:
-        return self.out.read_text(errors="replace")
-
-    def report(self) -> str:
-        """Return up.sh's output and the end of each program's log, for a failure message."""
-        logs = sorted(self.out.parent.glob("run/*.log"))
-        return self.output() + "".join(f"\n--- {log.name} ---\n{log.read_text(errors='replace')[-3000:]}"
-                                       for log in logs)
-
-    def spawned(self, program: str) -> list[int]:
-        """Return the pids supervisord reported for ``program``, oldest first."""
-        return [int(pid) for pid in re.findall(rf"spawned: '{program}' with pid (\d+)", self.output())]
-
-    def processes(self) -> set[int]:
-        """Return up.sh and every process below it now, and remember them for the teardown."""
-        tree, found, todo = _children(), set(), [self.proc.pid]
-        while todo:
-            pid = todo.pop()
-            found.add(pid)
-            todo.extend(tree.get(pid, []))
-        self.seen |= found
-        return found
-
-    def wait_for(self, check: Callable[[], Any], what: str, timeout: float) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc.poll() is None, f"up.sh exited with {self.proc.returncode}:\n{self.report()}"
-            with contextlib.suppress(OSError):
-                result = check()
-                if result:
-                    return result
-            assert time.monotonic() < deadline, f"{what} not reached in {timeout:.0f}s:\n{self.report()}"
-            time.sleep(0.2)
-
-    def terminate(self, timeout: float = 60) -> int:
-        """Send SIGTERM to up.sh alone, as `kill` or a process manager does, and wait for it to exit."""
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def cleanup(self) -> None:
-        """Whatever a failed test left behind goes: up.sh first, then any process it ever had below it."""
-        if self.proc.poll() is None:
-            self.processes()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.terminate(60)
-        for pid in self.seen:
-            if _alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 def _call(url: str, body: Any = None, timeout: float = 15) -> tuple[int, dict[str, Any]]:
@@ -131,19 +40,6 @@ def _answered(url: str, body: Any = None) -> tuple[int, dict[str, Any]]:
         return _call(url, body)
     except OSError as exc:
         raise AssertionError(f"{url} did not answer: {exc}") from None
-
-
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], UpScript]]:
-    started: list[UpScript] = []
-
-    def start(env: dict[str, str]) -> UpScript:
-        started.append(UpScript(env, tmp_path / "run"))
-        return started[-1]
-
-    yield start
-    for script in started:
-        script.cleanup()
 
 
 def test_make_up_restarts_a_killed_worker_and_sigterm_stops_everything_it_started(
@@ -194,7 +90,7 @@ def test_make_up_restarts_a_killed_worker_and_sigterm_stops_everything_it_starte
         assert stack.terminate() == 143
     finally:
         app.close()
-    left = {pid for pid in started if _alive(pid)}
+    left = {pid for pid in started if alive(pid)}
     assert not left, f"still running after SIGTERM: {left}\n{stack.output()}"
     assert "stopped: worker-1" in stack.output() and "stopped: api" in stack.output()
     # It stopped what it started, and nothing else: the Redis it found still answers.
@@ -222,7 +118,7 @@ def test_make_up_restarts_the_redis_it_started_and_stops_it_on_sigterm(
     started = stack.processes()
     assert stack.spawned("redis")[-1] in started
     assert stack.terminate() == 143
-    left = {pid for pid in started if _alive(pid)}
+    left = {pid for pid in started if alive(pid)}
     assert not left, f"still running after SIGTERM: {left}\n{stack.output()}"
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", redis_port)) != 0, "its redis-server still listens"
