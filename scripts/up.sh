@@ -13,6 +13,8 @@ export CELERY_BROKER_URL=${CELERY_BROKER_URL:-redis://127.0.0.1:6379/0}
 export CELERY_RESULT_BACKEND=${CELERY_RESULT_BACKEND:-redis://127.0.0.1:6379/1}
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///mlruns.db}
 export PORT=${PORT:-9191}
+# A local stack listens on this machine only; API_HOST=0.0.0.0 offers it to the network (set API_KEYS then).
+export API_HOST=${API_HOST:-127.0.0.1}
 export WORKERS=${WORKERS:-1}
 case "$WORKERS" in ''|*[!0-9]*|0) die "WORKERS must be a whole number of at least 1, not '$WORKERS'";; esac
 # Worker N serves Prometheus metrics on WORKER_METRICS_PORT + N - 1 (0: none); the API serves /metrics on PORT.
@@ -94,6 +96,10 @@ if [ "$WORKER_METRICS_PORT" -gt 0 ]; then
   worker_metrics=", workers on ports $WORKER_METRICS_PORT-$((WORKER_METRICS_PORT + WORKERS - 1))"
   [ "$WORKERS" -gt 1 ] || worker_metrics=", worker on port $WORKER_METRICS_PORT"
 fi
+key_hint=""
+# The keys themselves are never printed.
+if [ -n "${API_KEYS:-}${API_KEYS_FILE:-}" ]; then key_hint="
+      -H 'X-API-Key: <one of API_KEYS>' \\"; fi
 cat <<MSG
 
   Iris classifier is ready.
@@ -104,7 +110,7 @@ cat <<MSG
     Logs       $logs
 
   Try it:
-    curl -s http://127.0.0.1:$PORT/v1/classify -H 'Content-Type: application/json' \\
+    curl -s http://127.0.0.1:$PORT/v1/classify -H 'Content-Type: application/json' \\$key_hint
       -d '{"sepal_length": 7.7, "sepal_width": 2.6, "petal_length": 6.9, "petal_width": 2.3}'
 
   Ctrl-C stops everything started here.
