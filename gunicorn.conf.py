@@ -2,11 +2,17 @@
 
 import os
 
-from api import metrics_dir
+from api import auth, metrics_dir
 from shared.logs import logging_config
 from shared.settings import get_settings
 
 _settings = get_settings()
+try:
+    # In the master, as it reads this file: in a worker the same error would be a traceback per boot attempt.
+    auth.load_keys(_settings)
+except auth.KeyConfigError as _exc:
+    # SystemExit, not an Exception: gunicorn would print its own traceback around an Exception from this file.
+    raise SystemExit(f"iris-api: cannot start: {_exc}") from None
 # In the master, before it forks: each worker's figures go to files there, and /metrics sums them.
 metrics_dir.prepare(_settings)
 

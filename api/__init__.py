@@ -17,11 +17,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     from api.routes import classify, demo, docs, health, mlflow_scoring, tasks
 
     settings = settings or get_settings()
+    keys = auth.load_keys(settings)  # first: set but unusable keys stop the app before anything else is built
     app = Flask(__name__, static_folder=None)
+    # One spelling per route: /v1//classify is a 404 in the envelope, not werkzeug's HTML 308 to a URL built
+    # from the Host header.
+    app.url_map.merge_slashes = False
     # A 1,000-row batch is about 100 kB of JSON; anything far larger is refused before it is read.
     app.config["MAX_CONTENT_LENGTH"] = max(1_000_000, settings.batch_max_rows * 200)
     handlers.init_app(app)
-    auth.init_app(app, auth.parse_keys(settings.api_keys.get_secret_value() if settings.api_keys else None))
     services = extension.init_app(app, settings)
     app.register_blueprint(classify.bp)
     app.register_blueprint(tasks.bp)
@@ -30,6 +33,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(mlflow_scoring.bp)  # /invocations, /ping, /version: MLflow's scoring protocol
     app.register_blueprint(docs.bp)  # /openapi.json and Swagger UI at /docs, outside /v1
     metrics.init_app(app, settings, services)  # GET /metrics, and every answer counted (METRICS=true)
+    auth.init_app(app, keys, settings.protect_metrics_and_docs)  # after every route: it protects endpoints
     if settings.access_log:
         app.wsgi_app = AccessLogMiddleware(app.wsgi_app)  # type: ignore[method-assign]
     app.wsgi_app = RequestIdMiddleware(app.wsgi_app)  # type: ignore[method-assign]

@@ -9,14 +9,19 @@ from granian.constants import Interfaces
 from granian.log import LogLevels
 from granian.server import Server
 
-from api import metrics_dir
+from api import auth, metrics_dir
 from shared.logs import logging_config
 from shared.settings import get_settings
 
 
 def main() -> None:
-    """Start the server in the foreground until SIGINT or SIGTERM."""
+    """Start the server in the foreground until SIGINT or SIGTERM; exit non-zero at once if the keys are unusable."""
     settings = get_settings()
+    try:
+        # Here, before granian forks: in its workers the same error would be a traceback and a respawn loop.
+        auth.load_keys(settings)
+    except auth.KeyConfigError as exc:
+        raise SystemExit(f"iris-api: cannot start: {exc}") from None
     # Before the workers start (granian forks them): each one's figures go to files there, and /metrics sums them.
     metrics_dir.prepare(settings)
     level = settings.loglevel.lower()

@@ -139,10 +139,9 @@ def _response(description: str, schema: type[BaseModel] | None, headers: tuple[s
     return answer
 
 
-def _operation(endpoint: str, op: Operation, path: str, methods: set[str], keys: bool) -> dict[str, Any]:
-    """Describe one route; a protected path documents its key and 401 only when API_KEYS is set."""
+def _operation(endpoint: str, op: Operation, path: str, methods: set[str], protected: bool) -> dict[str, Any]:
+    """Describe one route; a protected one (only when keys are set) documents its key and 401."""
     responses: dict[str, Any] = {str(op.status): _response(op.summary, op.ok, op.headers, op.links, op.media_type)}
-    protected = keys and path.startswith(auth.PROTECTED_PREFIXES)
     errors = sorted({*op.errors, *((401,) if protected else ())})
     responses.update({str(status): {"$ref": f"#/components/responses/{ERRORS[status][0]}"} for status in errors})
     parameters: list[dict[str, Any] | str] = ["RequestId"]  # apispec turns a component name into its $ref
@@ -162,7 +161,7 @@ def _operation(endpoint: str, op: Operation, path: str, methods: set[str], keys:
 def build_spec(app: Flask) -> dict[str, Any]:
     """Describe every documented route of ``app``; routes with no entry in OPERATIONS are left out."""
     settings = app.extensions[SERVICES].settings
-    keys = bool(auth.parse_keys(settings.api_keys.get_secret_value() if settings.api_keys else None))
+    protected = auth.protected_endpoints(app)
     spec = APISpec(
         title="Iris classifier", version=settings.tag, openapi_version=OPENAPI_VERSION,
         info={"description": "Classify iris flowers through a queue of Celery workers. Every answer but MLflow's "
@@ -183,7 +182,8 @@ def build_spec(app: Flask) -> dict[str, Any]:
         op = OPERATIONS.get(rule.endpoint)
         if op is not None:
             path = openapi_path(rule.rule)
-            spec.path(path=path, operations=_operation(rule.endpoint, op, path, set(rule.methods or ()), keys))
+            spec.path(path=path, operations=_operation(rule.endpoint, op, path, set(rule.methods or ()),
+                                                       rule.endpoint in protected))
     return spec.to_dict()
 
 

@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = None
     # A file holding the keys (comma- or newline-separated), as Docker and Kubernetes mount secrets; not both.
     api_keys_file: str | None = None
-    # Put GET /metrics, /docs and /openapi.json behind the key too (when keys are set).
+    # Put GET /metrics, /docs and /openapi.json behind the key too; on with no key set, the API refuses to start.
     protect_metrics_and_docs: bool = False
     # One JSON line per API request (method, path, status, duration_ms, request_id); off for throughput.
     access_log: bool = False

@@ -1,4 +1,4 @@
-"""GET /openapi.json, and Swagger UI at /docs from the swagger-ui-bundle-v2 wheel: no CDN, public like /livez."""
+"""GET /openapi.json and Swagger UI at /docs (swagger-ui-bundle-v2, no CDN); public unless PROTECT_METRICS_AND_DOCS."""
 
 from pathlib import Path
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.helpers import WorkerProcess, api_server
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
-API_KEY = "conformance-key"
+API_KEY = "conformance-key-0123456789"
 # Every check runs (schemathesis 4's default) but those that cannot hold, each switched off for one operation only
 # (a check named with --checks on the command line would override this file).
 CONFIG = """

@@ -7,6 +7,7 @@ import pytest
 
 from api import create_app
 from shared.settings import Settings
+from tests.helpers import ROOT
 
 DOWN = "redis://127.0.0.1:1/0"
 
@@ -43,3 +44,31 @@ def test_create_app_with_redis_down_still_builds_the_routes() -> None:
     app = create_app(Settings(celery_broker_url=DOWN, celery_result_backend=DOWN))
     assert {"/v1/classify", "/v1/classify/async", "/v1/tasks/<task_id>", "/readyz"} <= {
         rule.rule for rule in app.url_map.iter_rules()}
+
+
+@pytest.mark.parametrize("entry_point", ["python -m api", "gunicorn -c gunicorn.conf.py"])
+def test_the_entry_points_refuse_unusable_keys_with_one_line_before_serving(
+        monkeypatch: pytest.MonkeyPatch, entry_point: str) -> None:
+    import runpy
+
+    from api import __main__ as granian_entry
+    from shared.settings import get_settings
+
+    def no_server(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the server was built despite unusable keys")
+
+    monkeypatch.setattr(granian_entry, "Server", no_server)
+    monkeypatch.setattr("api.metrics_dir.prepare", no_server)
+    monkeypatch.setenv("API_KEYS", "first-key-0123456789, a key with spaces")
+    monkeypatch.delenv("API_KEYS_FILE", raising=False)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            if entry_point == "python -m api":
+                granian_entry.main()
+            else:
+                runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    finally:
+        get_settings.cache_clear()
+    message = str(stopped.value.code)
+    assert message == "iris-api: cannot start: API_KEYS: key 2 of 2 contains whitespace; separate keys with commas"

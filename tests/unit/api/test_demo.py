@@ -17,7 +17,7 @@ DOWN = "redis://127.0.0.1:1/0"
 def client() -> FlaskClient:
     # Keys on: the page must stay public while /v1 is protected.
     return create_app(Settings(celery_broker_url=DOWN, celery_result_backend=DOWN,
-                               api_keys=SecretStr("some-key"))).test_client()
+                               api_keys=SecretStr("some-key-0123456789"))).test_client()
 
 
 def test_root_answers_the_html_page_with_the_four_labelled_inputs_prefilled_with_the_seed_example(

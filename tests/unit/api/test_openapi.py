@@ -84,7 +84,7 @@ def test_every_operation_documents_the_error_envelope_for_each_failure_it_can_an
 
 
 def test_with_api_keys_the_protected_routes_document_their_key_and_401_and_the_docs_stay_public() -> None:
-    client = _app(api_keys=SecretStr("k1")).test_client()
+    client = _app(api_keys=SecretStr("k1-0123456789abcdef")).test_client()
     spec = client.get("/openapi.json").get_json()
     for path, method in (("/v1/classify", "post"), ("/v1/tasks/{task_id}", "get"), ("/invocations", "post")):
         operation = spec["paths"][path][method]

@@ -138,10 +138,10 @@ def test_with_tracing_off_the_batcher_keeps_the_publisher_and_messages_carry_no_
 
 def test_a_request_refused_by_auth_still_gets_a_server_span_with_its_path_and_401(
         spans: InMemorySpanExporter) -> None:
-    settings = Settings(celery_broker_url=DOWN, celery_result_backend=DOWN, api_keys=SecretStr("ci:s3cret"))
+    settings = Settings(celery_broker_url=DOWN, celery_result_backend=DOWN, api_keys=SecretStr("ci:s3cret-0123456789"))
     answer = create_app(settings).test_client().post("/v1/classify", json={})
     (server,) = finished(spans)
     assert answer.status_code == 401
-    # Refused by api/auth.py's middleware before Flask matched a route: the method names the span.
-    assert server.name == "POST" and server.attributes is not None
+    # Refused by api/auth.py's hook after Flask matched the route: the route names the span.
+    assert server.name == "POST /v1/classify" and server.attributes is not None
     assert server.attributes["url.path"] == "/v1/classify" and server.attributes["http.response.status_code"] == 401
