@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -207,29 +208,40 @@ class RedisServer:
             os.kill(self.proc.pid, signal.SIGCONT)
 
 
+def api_argv(server: str = "gunicorn") -> list[str]:
+    """Return the command that serves the API as ``make up`` (granian) or ``gunicorn -c gunicorn.conf.py`` does."""
+    return [sys.executable, "-m", *(["gunicorn", "-c", "gunicorn.conf.py"] if server == "gunicorn" else ["api"])]
+
+
 @contextmanager
 def api_server(env: dict[str, str], server: str = "gunicorn", **settings: str) -> Iterator[str]:
     """Run the API as ``gunicorn -c gunicorn.conf.py`` or ``python -m api`` (granian) on a free port, with extra
-    settings as environment variables, until it answers /readyz; yield its base URL, and stop it after."""
+    settings as environment variables, until it answers /readyz; yield its base URL, and stop it after.
+
+    A server that exits or never answers fails the test with the end of what it wrote to stderr.
+    """
     port = free_port()
     env = {**env, **settings, "PORT": str(port), "GUNICORN_BIND": f"127.0.0.1:{port}", "API_HOST": "127.0.0.1"}
-    argv = ["gunicorn", "-c", "gunicorn.conf.py"] if server == "gunicorn" else ["api"]
-    proc = subprocess.Popen([sys.executable, "-m", *argv], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/readyz", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "API did not become ready"
-                time.sleep(0.2)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(api_argv(server), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(f"{url}/readyz", timeout=2)
+                    break
+                except OSError:
+                    if time.monotonic() >= deadline or proc.poll() is not None:
+                        stderr.seek(0)
+                        tail = stderr.read().decode(errors="replace")[-2000:]
+                        raise AssertionError(f"API did not become ready (exit code {proc.poll()}):\n{tail}") from None
+                    time.sleep(0.2)
+            yield url
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(20)
 
 
 def children() -> dict[int, list[int]]:
