@@ -3,6 +3,9 @@
 The entry points install this once per process: ``python -m api`` (granian), ``gunicorn.conf.py`` and the
 worker (through Celery's logging signals, worker/logs.py). ``create_app`` installs nothing, so tests and
 embedding servers keep their own logging.
+
+Every line, its message, exception text and extra fields alike, leaves through :func:`shared.redact.redact`: a
+URL's password (a broker's, a result backend's, MLflow's) never reaches a log, whichever library wrote the line.
 """
 
 import logging
@@ -11,6 +14,8 @@ from contextvars import ContextVar
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
+
+from shared.redact import redact
 
 # [request id, task id] of the request being served on this thread: api/request_id.py sets it per request
 # (one context variable, not two: it is set and reset on every request), the queue fills in the task id.
@@ -36,9 +41,18 @@ RENAMED = {"levelname": "level", "name": "logger"}
 ACCESS_LOGGER = "api.access"
 
 
+class RedactingJsonFormatter(JsonFormatter):
+    """One JSON object per line, with the password of every URL in it replaced by ``***``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        # The finished line, not the message: exception text, stack and extra fields are in it too. A line with
+        # no "://" costs one substring search.
+        return redact(super().format(record))
+
+
 def json_formatter() -> logging.Formatter:
-    """Return the formatter of every log line: one JSON object per line."""
-    return JsonFormatter(list(FIELDS), rename_fields=RENAMED, timestamp="time")  # ISO 8601, UTC
+    """Return the formatter of every log line: one JSON object per line, passwords in URLs redacted."""
+    return RedactingJsonFormatter(list(FIELDS), rename_fields=RENAMED, timestamp="time")  # ISO 8601, UTC
 
 
 class RequestContextFilter(logging.Filter):

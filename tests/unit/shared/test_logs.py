@@ -68,3 +68,27 @@ def test_setup_logging_sends_json_lines_from_every_logger_at_the_level_given() -
                           check=True)
     lines = [json.loads(line) for line in done.stderr.splitlines()]
     assert [(line["logger"], line["message"]) for line in lines] == [("anything", "kept")]
+
+
+def test_a_password_in_a_url_never_reaches_a_line_message_exception_or_field() -> None:
+    url = "redis://:s3cr3t@cache:6379/0"
+    try:
+        raise ConnectionError(f"Cannot connect to {url}")
+    except ConnectionError:
+        record = logging.LogRecord("kombu", logging.ERROR, __file__, 1, "broker %s unreachable", (url,),
+                                   sys.exc_info())
+    record.__dict__["broker"] = url
+    text = json_formatter().format(record)
+    line = json.loads(text)
+    assert "s3cr3t" not in text
+    assert line["message"] == "broker redis://:***@cache:6379/0 unreachable"
+    assert "ConnectionError: Cannot connect to redis://:***@cache:6379/0" in line["exc_info"]
+    assert line["broker"] == "redis://:***@cache:6379/0"
+
+
+def test_the_entry_points_handler_redacts_what_any_library_logs() -> None:
+    code = ("import logging; from shared.logs import setup_logging; setup_logging('info'); "
+            "logging.getLogger('celery.worker.consumer').error('Cannot connect to %s', 'amqp://u:s3cr3t@mq//')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert "s3cr3t" not in done.stderr and "amqp://u:***@mq//" in done.stderr
