@@ -12,7 +12,7 @@ from api.circuit import Circuit
 from api.fail_fast import bound_celery, redis_client
 from api.publisher import EdgePublisher
 from api.readiness import Readiness, WorkerCheck
-from api.replies import ReplyListener
+from api.replies import ReplyListener, max_reply_bytes
 from api.results_backend import polling_backend_url
 from api.service import ClassifyService
 from shared.celery_app import create_celery, rows_queue
@@ -43,13 +43,17 @@ def init_app(app: Flask, settings: Settings) -> Services:
     celery.backend_cls = polling_backend_url(settings.celery_result_backend)
     results = redis_client(settings.celery_result_backend, settings.api_redis_timeout_seconds)
     circuit = Circuit(open_seconds=1.0)
-    admission = Admission(celery, settings.iris_queue, settings.queue_max_length, circuit)
+    # QUEUE_MAX_LENGTH bounds both queues together: the public one and the edge batches' (api/admission.py).
+    admission = Admission(celery, (settings.iris_queue, settings.rows_queue), settings.queue_max_length, circuit,
+                          fast=settings.fast_paths)
     # The listener hands answers to the batcher, and the publisher names the listener's channel: one
     # reply channel per API process, started in that process on its first request.
     service: ClassifyService
     batcher: EdgeBatcher
     replies = ReplyListener(settings.celery_result_backend, settings.key_prefix,
-                            on_reply=lambda ids, results_, error: service.deliver(ids, results_, error))
+                            on_reply=lambda ids, results_, error: service.deliver(ids, results_, error),
+                            max_bytes=max_reply_bytes(settings.batch_max_size, settings.batch_max_rows),
+                            on_reject=metrics.count_rejected_replies(app, settings))
     publisher = EdgePublisher(celery, rows_queue(settings), replies.ensure_started, circuit, settings.fast_paths,
                               hold_seconds=settings.row_result_hold_seconds, marks=settings.issued_prefix,
                               lost=lambda task_ids, error: batcher.fail(task_ids, error))

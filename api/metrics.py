@@ -5,7 +5,8 @@ Under granian or gunicorn each worker process writes its counters and histograms
 PROMETHEUS_MULTIPROC_DIR (api/metrics_dir.py prepares it in the main process), and a scrape of any process sums
 them all, the files of workers that died included, so totals never drop. Without that variable (the Flask test
 client, one process) the figures live in this app's own registry. The queue depth and the model info are read
-by the process that answers the scrape, once, so they are never counted once per process.
+by the process that answers the scrape, once, so they are never counted once per process. Malformed messages
+on the reply channels are counted where they are skipped (api/replies.py): rare, and off the request path.
 """
 
 import logging
@@ -66,6 +67,8 @@ class ApiMetrics:
                                   ["endpoint"], buckets=DURATION_BUCKETS, registry=own)
         self.batch_size = Histogram("iris_batch_size", "Rows in each edge batch published as one task message.",
                                     buckets=BATCH_BUCKETS, registry=own)
+        self.rejected_replies = Counter("iris_rejected_replies", "Messages on the API's reply channels that were "
+                                        "not a worker's reply, skipped.", registry=own)
         self._fast = fast
         self._queued: deque[tuple[str, int, float]] = deque()  # append and popleft are thread-safe
         self._batches: deque[int] = deque()  # rows of each published edge batch, flushed the same way
@@ -120,7 +123,8 @@ class ApiMetrics:
 
 
 class StateCollector(Collector):
-    """iris_queue_depth and iris_model_info, read at scrape time from what the API's services already hold."""
+    """iris_queue_depth, iris_queue_messages and iris_model_info, read at scrape time from what the API's services
+    already hold."""
 
     def __init__(self, services: "Services") -> None:
         self._services = services
@@ -130,11 +134,18 @@ class StateCollector(Collector):
         if not services.circuit.is_open():
             try:
                 # The admission's reading, at most 0.25 s old; a stale one costs one Redis call per scrape.
-                depth = services.admission.depth()
+                depths = services.admission.depths()
             except Exception as exc:  # Redis is down: no sample, rather than a made-up 0
                 log.warning("metrics: the queue depth is unavailable: %s", exc)
             else:
-                yield GaugeMetricFamily("iris_queue_depth", "Tasks waiting in the queue.", value=depth)
+                # The sum is what QUEUE_MAX_LENGTH bounds; the breakdown tells public tasks from edge batches.
+                yield GaugeMetricFamily("iris_queue_depth", "Task messages waiting in the API's queues, together.",
+                                        value=sum(depths.values()))
+                by_queue = GaugeMetricFamily("iris_queue_messages", "Task messages waiting in each queue.",
+                                             labels=["queue"])
+                for queue, depth in depths.items():
+                    by_queue.add_metric([queue], depth)
+                yield by_queue
         info = GaugeMetricFamily("iris_model_info", "1 for each model name and version a worker serves.",
                                  labels=["name", "version"])
         try:
@@ -212,6 +223,12 @@ def observe_batches(app: Flask, settings: Settings, publish: Publisher) -> Publi
         observe(len(rows))  # after the publish: a batch that failed to go out was not a batch
 
     return publish_observed
+
+
+def count_rejected_replies(app: Flask, settings: Settings) -> Callable[[], None] | None:
+    """Return what counts one skipped reply-channel message in iris_rejected_replies_total; None when METRICS is off."""
+    metrics = for_app(app, settings)
+    return metrics.rejected_replies.inc if metrics is not None else None
 
 
 def init_app(app: Flask, settings: Settings, services: "Services") -> None:

@@ -79,7 +79,9 @@ class Ready(Closed):
 
     status: Literal["ready"]
     workers: dict[str, WorkerModel] = Field(description="Each answering worker's name and model.")
-    queue_depth: int = Field(ge=0, description="Tasks waiting in the queue.")
+    queue_depth: int = Field(ge=0, description="Task messages waiting in both queues together (QUEUE_MAX_LENGTH "
+                                               "bounds it).")
+    queue_depths: dict[str, int] = Field(description="Task messages waiting in each queue: iris and iris.rows.")
 
 
 class ErrorDetail(Closed):

@@ -14,6 +14,7 @@ from api.admission import Admission
 from api.circuit import Circuit
 from api.errors import NoWorkers, QueueUnavailable
 from shared import tasks
+from shared.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ WAIT_SECONDS = 2.5
 # A reading younger than this many times max_age is answered at once while a fresh check runs behind it, so
 # frequent probes (Kubernetes' default timeout is 1 s) do not wait out REPLY_SECONDS; older ones wait.
 STALE_FACTOR = 2
+# How deep redact_strings follows a worker's reply; deeper values are dropped, not recursed into.
+MAX_LEVELS = 8
 
 
 class WorkerCheck:
@@ -67,10 +70,26 @@ class WorkerCheck:
             except Exception as exc:
                 if attempt == 2:
                     log.warning("readiness: broadcast failed: %s", exc)
-        workers = {name: info for reply in replies for name, info in reply.items()
-                   if isinstance(info, dict) and info.get("model_version")}
+        # Served as they are by /readyz, /version and /metrics, so first rid of any password a URL in them holds:
+        # a worker's failed registry check names the MLflow URI (and an older worker may send one anywhere).
+        workers = {redact(str(name)): redact_strings(info) for reply in replies if isinstance(reply, dict)
+                   for name, info in reply.items() if isinstance(info, dict) and info.get("model_version")}
         self._last = (time.monotonic(), workers)
         return workers
+
+
+def redact_strings(value: Any, levels: int = MAX_LEVELS) -> Any:
+    """Return ``value`` with every string in it, keys included, passed through :func:`shared.redact.redact`;
+    what nests deeper than ``levels`` is dropped (a worker's model info nests three levels)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        if levels <= 0:
+            return None
+        return {redact_strings(key, levels - 1): redact_strings(item, levels - 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_strings(item, levels - 1) for item in value] if levels > 0 else None
+    return value
 
 
 class Readiness:
@@ -88,7 +107,7 @@ class Readiness:
             raise QueueUnavailable("Redis does not answer")
         try:
             self._results.ping()
-            depth = self._admission.depth(fresh=True)
+            depths = self._admission.depths(fresh=True)
         except Exception as exc:
             log.warning("readiness: Redis unreachable: %s", exc)
             self._circuit.trip()
@@ -96,4 +115,5 @@ class Readiness:
         workers = self.workers.workers()
         if not workers:
             raise NoWorkers()
-        return {"status": "ready", "workers": workers, "queue_depth": depth}
+        # queue_depth: both queues together, what QUEUE_MAX_LENGTH bounds; queue_depths: each one.
+        return {"status": "ready", "workers": workers, "queue_depth": sum(depths.values()), "queue_depths": depths}

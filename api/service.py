@@ -18,6 +18,7 @@ from api.publisher import EdgePublisher
 from api.replies import ReplyListener
 from shared import tasks
 from shared.logs import current_request_id, set_task_id
+from shared.redact import redact
 from shared.schemas import FEATURES
 from shared.settings import Settings
 
@@ -56,6 +57,8 @@ class ClassifyService:
             # Workers take edge batches without acknowledgements (shared.celery_app.rows_queue): had this row's
             # batch died with its worker, nothing would ever answer the poll URL. Send the row again as a task
             # of its own, acknowledged like an async one; if the batch was only slow, the first answer stays.
+            # Admitted with the request, not again, but counted: it fills the queue as any message does.
+            self._admission.count()
             self._publish(tasks.CLASSIFY, dict(zip(FEATURES, pending.row, strict=True)), pending.task_id,
                           pending.request_id)
             raise TimedOut(pending.task_id, self._settings.sync_timeout_seconds)
@@ -90,6 +93,7 @@ class ClassifyService:
             if meta.get("status") == states.SUCCESS:
                 return pending.task_id, meta["result"]
             # As for a sync row: send the rows again as the public, acknowledged task, so the poll URL answers.
+            self._admission.count()
             self._publish(tasks.CLASSIFY_BATCH, [dict(zip(FEATURES, row, strict=True)) for row in rows],
                           pending.task_id, request_id)
             raise TimedOut(pending.task_id, self._settings.sync_timeout_seconds)
@@ -122,7 +126,8 @@ class ClassifyService:
             body["result"] = result.result
         elif state in states.PROPAGATE_STATES:
             failure = result.result
-            body["error"] = {"raised": type(failure).__name__, "message": str(failure)}
+            # The worker's exception text, served to the client: rid of any password a URL in it holds.
+            body["error"] = {"raised": type(failure).__name__, "message": redact(str(failure))}
         return body
 
     def _send(self, name: str, argument: Any, remember: bool = False) -> str:

@@ -64,10 +64,16 @@ class FakeReplies:
 class FakeAdmission:
     def __init__(self) -> None:
         self.refusal: Exception | None = None
+        self.admitted = 0
+        self.counted = 0  # messages counted without an admission: resends
 
     def admit(self) -> None:
         if self.refusal is not None:
             raise self.refusal
+        self.admitted += 1
+
+    def count(self, messages: int = 1) -> None:
+        self.counted += messages
 
 
 class FakeResults:

@@ -55,6 +55,18 @@ def test_requests_are_counted_by_flask_endpoint_and_status_errors_included() -> 
 
 
 @pytest.mark.usefixtures("single_process")
+def test_skipped_reply_channel_messages_are_counted_from_zero() -> None:
+    app = app_with()
+    count = metrics.count_rejected_replies(app, app.extensions["iris"].settings)
+    assert count is not None
+    assert samples(app.test_client().get("/metrics").get_data(as_text=True))[("iris_rejected_replies_total", ())] == 0
+    count()
+    count()
+    assert samples(app.test_client().get("/metrics").get_data(as_text=True))[("iris_rejected_replies_total", ())] == 2
+    assert metrics.count_rejected_replies(app_with(metrics=False), Settings(metrics=False)) is None
+
+
+@pytest.mark.usefixtures("single_process")
 def test_each_app_counts_its_own_requests() -> None:
     first, second = app_with().test_client(), app_with().test_client()
     first.get("/livez")
@@ -108,14 +120,16 @@ class FakeWorkers:
         return self.answer
 
 
-def fake_services(depth: int | Exception, workers: dict[str, Any] | Exception, circuit_open: bool = False) -> Any:
-    def read_depth() -> int:
-        if isinstance(depth, Exception):
-            raise depth
-        return depth
+def fake_services(depths: dict[str, int] | int | Exception, workers: dict[str, Any] | Exception,
+                  circuit_open: bool = False) -> Any:
+    """Services whose admission reads ``depths`` ({queue: depth}; a bare number is the iris queue's)."""
+    def read_depths() -> dict[str, int]:
+        if isinstance(depths, Exception):
+            raise depths
+        return {"iris": depths} if isinstance(depths, int) else depths
 
     return SimpleNamespace(circuit=SimpleNamespace(is_open=lambda: circuit_open),
-                           admission=SimpleNamespace(depth=read_depth),
+                           admission=SimpleNamespace(depths=read_depths),
                            readiness=SimpleNamespace(workers=FakeWorkers(workers)))
 
 
@@ -124,11 +138,13 @@ def collect(services: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], floa
             for family in metrics.StateCollector(services).collect() for s in family.samples}
 
 
-def test_the_scrape_reads_the_queue_depth_and_one_series_per_served_model_version() -> None:
+def test_the_scrape_reads_the_depth_of_both_queues_and_one_series_per_served_model_version() -> None:
     model = {"model_name": "iris-classifier", "model_version": "1"}
-    got = collect(fake_services(7, {"w1@a": model, "w2@b": model,
-                                    "w3@c": {"model_name": "iris-classifier", "model_version": "2"}}))
-    assert got == {("iris_queue_depth", ()): 7,
+    got = collect(fake_services({"iris": 7, "iris.rows": 2}, {
+        "w1@a": model, "w2@b": model, "w3@c": {"model_name": "iris-classifier", "model_version": "2"}}))
+    assert got == {("iris_queue_depth", ()): 9,  # together, as QUEUE_MAX_LENGTH bounds them
+                   ("iris_queue_messages", (("queue", "iris"),)): 7,
+                   ("iris_queue_messages", (("queue", "iris.rows"),)): 2,
                    ("iris_model_info", (("name", "iris-classifier"), ("version", "1"))): 1,
                    ("iris_model_info", (("name", "iris-classifier"), ("version", "2"))): 1}
 
@@ -136,7 +152,7 @@ def test_the_scrape_reads_the_queue_depth_and_one_series_per_served_model_versio
 def test_the_scrape_leaves_out_what_redis_cannot_answer_rather_than_report_zero() -> None:
     assert collect(fake_services(ConnectionError("down"), QueueUnavailable())) == {}
     # While the circuit is open the depth is not even asked for.
-    assert collect(fake_services(3, {}, circuit_open=True)) == {}
+    assert collect(fake_services({"iris": 3}, {}, circuit_open=True)) == {}
 
 
 def test_prepare_makes_a_fresh_directory_when_none_is_set(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ from celery import Celery
 from api.admission import Admission
 from api.circuit import Circuit
 from api.errors import NoWorkers, QueueUnavailable
-from api.readiness import Readiness, WorkerCheck
+from api.readiness import Readiness, WorkerCheck, redact_strings
 from shared import tasks
 
 WORKERS = {"celery@w1": {"model_version": "3", "model_name": "iris-classifier"}}
@@ -32,13 +32,13 @@ class FakeResults:
 
 
 class FakeAdmission:
-    def __init__(self, depth: int) -> None:
-        self.depth_value = depth
+    def __init__(self, depths: dict[str, int]) -> None:
+        self.depths_value = depths
         self.fresh: list[bool] = []
 
-    def depth(self, fresh: bool = False) -> int:
+    def depths(self, fresh: bool = False) -> dict[str, int]:
         self.fresh.append(fresh)
-        return self.depth_value
+        return self.depths_value
 
 
 class FakeWorkers:
@@ -58,7 +58,7 @@ def results() -> FakeResults:
 
 @pytest.fixture
 def admission() -> FakeAdmission:
-    return FakeAdmission(depth=4)
+    return FakeAdmission({"iris": 4, "iris.rows": 3})
 
 
 @pytest.fixture
@@ -76,8 +76,10 @@ def readiness(results: FakeResults, admission: FakeAdmission, workers: FakeWorke
     return Readiness(cast(redis.Redis, results), cast(Admission, admission), cast(WorkerCheck, workers), circuit)
 
 
-def test_ready_names_the_workers_and_a_fresh_queue_depth(readiness: Readiness, admission: FakeAdmission) -> None:
-    assert readiness.check() == {"status": "ready", "workers": WORKERS, "queue_depth": 4}
+def test_ready_names_the_workers_and_a_fresh_depth_of_both_queues(readiness: Readiness,
+                                                                    admission: FakeAdmission) -> None:
+    assert readiness.check() == {"status": "ready", "workers": WORKERS, "queue_depth": 7,
+                                 "queue_depths": {"iris": 4, "iris.rows": 3}}
     assert admission.fresh == [True]  # readiness never answers from a cached depth
 
 
@@ -147,3 +149,28 @@ def test_an_old_reading_waits_for_a_fresh_check() -> None:
         broadcast=lambda command, **kwargs: []))), max_age=2.0)
     check._last = (time.monotonic() - 10.0, {"celery@w1": {"model_version": "1"}})
     assert check.workers() == {}
+
+
+def test_the_worker_check_redacts_every_password_a_worker_reply_holds() -> None:
+    secret = "s3cr3t-pw"
+    failure = f"cannot load models:/iris/7 from postgresql://mlflow:{secret}@db:5432/mlflow: timed out"
+    info = {"model_name": "iris-classifier", "model_version": "3", "model_run_id": "r1",
+            "last_failure": {"version": "7", "error": failure, "at": 12.5},
+            "last_check": {"outcome": "unreachable", "error": failure, "history": [failure, 1, None]},
+            f"redis://:{secret}@cache:6379/0": True}
+    check = WorkerCheck(cast(Celery, SimpleNamespace(control=SimpleNamespace(
+        broadcast=lambda command, **kwargs: [{"celery@w1": info}]))))
+    workers = check.workers()
+    assert secret not in repr(workers)
+    served = workers["celery@w1"]
+    assert served["last_failure"] == {"version": "7", "at": 12.5, "error": failure.replace(secret, "***")}
+    assert served["last_check"]["history"] == [failure.replace(secret, "***"), 1, None]
+    assert served["model_version"] == "3" and served["redis://:***@cache:6379/0"] is True
+
+
+def test_redacting_a_reply_drops_what_nests_deeper_than_a_model_info_can() -> None:
+    deep: Any = "redis://:pw@h/0"
+    for _ in range(100):
+        deep = [deep]
+    assert "pw" not in repr(redact_strings({"a": deep}))
+    assert redact_strings({"a": {"b": [1, "x"]}}) == {"a": {"b": [1, "x"]}}

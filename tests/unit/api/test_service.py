@@ -114,6 +114,8 @@ def test_a_timed_out_row_is_marked_then_sent_again_as_an_acknowledged_task_under
     payload = dict(zip(FEATURES, ROW, strict=True))
     # Marked first, so a worker that stores the row from then on keeps it for the poll URL.
     assert hasty.events == [mark, ("send", tasks.CLASSIFY, [payload], task_id, hasty.settings.iris_queue)]
+    # Admitted once, with the request; the resend counts towards QUEUE_MAX_LENGTH all the same.
+    assert hasty.admission.admitted == 1 and hasty.admission.counted == 1
 
 
 @pytest.mark.usefixtures("request_context")
@@ -216,6 +218,7 @@ def test_a_timed_out_batch_is_marked_for_result_expires_then_sent_again_as_the_p
     assert hasty.issued(task_id) == (b"1", hasty.settings.result_expires_seconds)
     payload = dict(zip(FEATURES, ROW, strict=True))
     assert hasty.events[-1] == ("send", tasks.CLASSIFY_BATCH, [[payload]], task_id, hasty.settings.iris_queue)
+    assert hasty.admission.admitted == 1 and hasty.admission.counted == 1
     hasty.service.deliver([task_id], [[ANSWER]], None)  # a late reply: no batch request waits for it any more
     assert hasty.batcher.delivered == [([task_id], [[ANSWER]], None)]  # which the batcher ignores
 
@@ -242,6 +245,12 @@ def test_status_of_a_failure_carries_its_error(world: World) -> None:
     body = world.service.status("t-bad")
     assert body is not None and body["status"] == states.FAILURE and body["result"] is None
     assert body["error"] == {"raised": "ValueError", "message": "bad row"}
+
+
+def test_status_of_a_failure_never_serves_a_password_its_error_names(world: World) -> None:
+    world.celery.backend.mark_as_failure("t-bad", ConnectionError("Cannot connect to redis://:s3cr3t@cache:6379/0"))
+    body = world.service.status("t-bad")
+    assert body is not None and body["error"]["message"] == "Cannot connect to redis://:***@cache:6379/0"
 
 
 def test_status_with_the_backend_down_is_queue_unavailable(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
