@@ -1,7 +1,10 @@
 """Admit new work only while the broker answers and the queues have room: a 503 then loses nothing.
 
 Work goes to two queues: ``iris`` (async tasks, and the resends of sync rows and batch requests whose wait ended)
-and ``iris.rows`` (edge batches of sync rows, and batch requests' tables). QUEUE_MAX_LENGTH bounds their sum.
+and ``iris.rows`` (edge batches of sync rows, and batch requests' tables). QUEUE_MAX_LENGTH bounds their sum, and
+on Redis QUEUE_MAX_MB bounds the memory they take (read with ``MEMORY USAGE ... SAMPLES 0`` in the same round trip:
+exact, and it costs Redis a walk over a list's nodes, not its messages), since one message may hold one row or a
+thousand.
 
 The broker is asked at most every ``max_age`` seconds, so each process also counts what it admitted since its
 last reading and adds it: a burst within one reading's life cannot overrun the bound on its own. When that count
@@ -32,10 +35,12 @@ class Admission:
 
     def __init__(self, celery: Celery, queues: str | Sequence[str], max_length: int, circuit: Circuit,
                  max_age: float = 0.25, clock: Callable[[], float] = time.monotonic, recheck: float = 0.01,
-                 fast: bool = True) -> None:
+                 fast: bool = True, max_bytes: int = 0) -> None:
         self._celery = celery
         self._queues = (queues,) if isinstance(queues, str) else tuple(queues)
         self._max_length = max_length
+        self._max_bytes = max_bytes  # 0: no byte bound
+        self.last_bytes = 0  # the queues' memory at the last reading (Redis with fast paths only; else 0)
         self._circuit = circuit
         self.max_age = max_age
         self.recheck = recheck
@@ -72,6 +77,8 @@ class Admission:
             raise QueueUnavailable() from None
         if depth + self._admitted >= self._max_length:
             raise QueueFull(depth + self._admitted)
+        if self._max_bytes and self.last_bytes >= self._max_bytes:
+            raise QueueFull(depth, self.last_bytes / 1e6)
         self.count()
 
     def count(self, messages: int = 1) -> None:
@@ -134,13 +141,19 @@ class Admission:
 
     def _llen(self, channel: kombu_redis.Channel) -> tuple[int, ...]:
         """Read every queue's length in one round trip: kombu keeps a queue in one list per priority step, which
-        its passive queue_declare reads with two round trips (EXISTS, then LLEN) per queue."""
+        its passive queue_declare reads with two round trips (EXISTS, then LLEN) per queue. With a byte bound, the
+        same round trip reads the lists' memory into ``last_bytes``."""
         steps = channel.priority_steps
+        keys = [channel._q_for_pri(queue, priority) for queue in self._queues for priority in steps]
         with channel.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
-            for queue in self._queues:
-                for priority in steps:
-                    pipe.llen(channel._q_for_pri(queue, priority))
-            sizes = pipe.execute()
+            for key in keys:
+                pipe.llen(key)
+            if self._max_bytes:
+                for key in keys:
+                    pipe.execute_command("MEMORY", "USAGE", key, "SAMPLES", "0")
+            answers = pipe.execute()
+        sizes = answers[:len(keys)]
+        self.last_bytes = sum(int(size or 0) for size in answers[len(keys):])  # None: no such list
         return tuple(sum(sizes[i:i + len(steps)]) for i in range(0, len(sizes), len(steps)))
 
     def _declared(self, queue: str) -> int:

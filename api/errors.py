@@ -77,12 +77,13 @@ class QueueUnavailable(Unavailable):
 
 
 class QueueFull(Unavailable):
-    """QUEUE_MAX_LENGTH tasks wait already."""
+    """QUEUE_MAX_LENGTH tasks wait already, or they fill QUEUE_MAX_MB."""
 
     raised = "QueueFull"
 
-    def __init__(self, depth: int) -> None:
-        super().__init__(f"the queue holds {depth} tasks; try again shortly")
+    def __init__(self, depth: int, megabytes: float | None = None) -> None:
+        held = f"{depth} tasks" if megabytes is None else f"{megabytes:.1f} MB of tasks"
+        super().__init__(f"the queue holds {held}; try again shortly")
 
 
 class NoWorkers(Unavailable):

@@ -43,9 +43,10 @@ def init_app(app: Flask, settings: Settings) -> Services:
     celery.backend_cls = polling_backend_url(settings.celery_result_backend)
     results = redis_client(settings.celery_result_backend, settings.api_redis_timeout_seconds)
     circuit = Circuit(open_seconds=1.0)
-    # QUEUE_MAX_LENGTH bounds both queues together: the public one and the edge batches' (api/admission.py).
+    # QUEUE_MAX_LENGTH and QUEUE_MAX_MB bound both queues together: the public one and the edge batches'
+    # (api/admission.py).
     admission = Admission(celery, (settings.iris_queue, settings.rows_queue), settings.queue_max_length, circuit,
-                          fast=settings.fast_paths)
+                          fast=settings.fast_paths, max_bytes=int(settings.queue_max_mb * 1e6))
     # The listener hands answers to the batcher, and the publisher names the listener's channel: one
     # reply channel per API process, started in that process on its first request.
     service: ClassifyService

@@ -39,7 +39,11 @@ class Settings(BaseSettings):
     # within 5 s more (README, Reliability). Tasks take milliseconds; 120 s is twice task_time_limit (enforced
     # by the prefork pool only), and brings a dead worker's task back in about 2 minutes.
     visibility_timeout_seconds: int = Field(120, ge=10)
+    # Admission: new work answers 503 + Retry-After once this many task messages wait in the two queues together,
+    # or once they take QUEUE_MAX_MB of Redis's memory (a message holds 1 to BATCH_MAX_ROWS rows, so the count
+    # alone would let 1,000-row tables fill gigabytes; docs/security.md, "Bounds"). QUEUE_MAX_MB=0: no byte bound.
     queue_max_length: int = Field(10_000, ge=0)
+    queue_max_mb: float = Field(64.0, ge=0)
     batch_max_size: int = Field(64, ge=1)
     batch_max_wait_ms: float = Field(10.0, ge=0)
     batch_max_in_flight: int = Field(1, ge=1)

@@ -224,3 +224,38 @@ def test_bytes_each_family_of_queued_message_takes(stack_env: dict[str, str], se
     assert 0 < max(issued) < 256
     broker.close()
     backend.close()
+
+
+def test_queue_max_mb_refuses_large_tables_long_before_the_message_count_would(
+        stack_env: dict[str, str], server: RedisServer) -> None:
+    """QUEUE_MAX_MB bounds the queues' memory however many rows each message holds."""
+    max_mb, threads_n, per_thread = 2.0, 4, 8
+    app, _ = app_for(stack_env, server, queue_max_length=100_000, queue_max_mb=max_mb)
+    broker = server.client(0)
+    memory_before = used_memory(broker)
+    answers: list[Answer] = []
+    body = {"instances": [LARGE] * BATCH_MAX_ROWS}
+
+    def flood() -> None:
+        for _ in range(per_thread):
+            post(app, "batch", body, answers)
+
+    threads = [threading.Thread(target=flood) for _ in range(threads_n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    queues_bytes = sum(int(broker.memory_usage(queue, samples=0) or 0) for queue in QUEUES)
+    largest = max(len(message) for queue in QUEUES for message in broker.lrange(queue, 0, -1))
+    memory_grown = used_memory(broker) - memory_before
+    statuses = Counter((a.status, a.raised) for a in answers)
+    print(f"\n{len(answers)} batch requests of {BATCH_MAX_ROWS} rows: {dict(statuses)}; queues hold {queues_bytes} "
+          f"bytes in {queued(broker)} messages (bound {max_mb} MB); used_memory grew {memory_grown} bytes")
+    assert statuses[(503, "QueueFull")] > 0, statuses
+    assert queued(broker) < 100  # the message count never came close to refusing
+    # Slack: each thread's table and its resend may pass within one reading's life, and one more of each while
+    # the reading that crosses the bound is made.
+    slack = 2 * threads_n * 2 * largest
+    assert max_mb * 1e6 <= queues_bytes <= max_mb * 1e6 + slack
+    assert memory_grown < (max_mb * 1e6 + slack) * 1.25 + 256 * 1024
+    broker.close()

@@ -265,9 +265,16 @@ class FakePipeline:
         self.keys.append(key)
         return self
 
-    def execute(self) -> list[int]:
+    def execute_command(self, *args: str) -> "FakePipeline":
+        assert args[:2] == ("MEMORY", "USAGE") and args[3:] == ("SAMPLES", "0"), args
+        self.keys.append(f"memory:{args[2]}")
+        return self
+
+    def execute(self) -> list[int | None]:
         self.log.append(self.keys)
-        return [self.lists.get(key, 0) for key in self.keys]
+        # MEMORY USAGE answers nil for a key that does not exist; say 100 bytes a message for one that does.
+        return [(100 * self.lists[key[7:]] if key[7:] in self.lists else None) if key.startswith("memory:")
+                else self.lists.get(key, 0) for key in self.keys]
 
     def __enter__(self) -> "FakePipeline":
         return self
@@ -320,3 +327,25 @@ def test_a_reading_waited_for_is_not_asked_again_once_the_circuit_opened(admissi
     with pytest.raises(QueueUnavailable):
         admission.depth(fresh=True)
     assert broker.asked == 0
+
+
+def test_on_redis_the_byte_bound_refuses_in_the_same_round_trip_as_the_lengths(
+        broker: FakeBroker, circuit: Circuit, clock: FakeClock) -> None:
+    sep = kombu_redis.Channel.sep
+    broker.channel = channel = FakeRedisChannel({QUEUE: 3, ROWS: 4, f"{ROWS}{sep}9": 1})
+    admission = Admission(cast(Celery, broker), (QUEUE, ROWS), MAX_LENGTH, circuit, clock=clock, max_bytes=900)
+    admission.admit()  # 8 messages of 100 bytes: 800 bytes, under the bound
+    assert admission.last_bytes == 800 and len(channel.round_trips) == 1
+    assert channel.round_trips[0][8:] == [f"memory:{key}" for key in channel.round_trips[0][:8]]
+    channel.lists[QUEUE] += 1  # 900 bytes at the next reading
+    clock.now += admission.max_age
+    with pytest.raises(QueueFull, match=r"0\.0 MB of tasks"):
+        admission.admit()
+    assert len(channel.round_trips) == 2
+
+
+def test_without_a_byte_bound_no_memory_is_asked(broker: FakeBroker, circuit: Circuit, clock: FakeClock) -> None:
+    broker.channel = channel = FakeRedisChannel({QUEUE: 3})
+    admission = Admission(cast(Celery, broker), (QUEUE, ROWS), MAX_LENGTH, circuit, clock=clock)
+    admission.admit()
+    assert not any(key.startswith("memory:") for key in channel.round_trips[0]) and admission.last_bytes == 0
