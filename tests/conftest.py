@@ -105,6 +105,18 @@ def _fresh_settings_cache() -> Iterator[None]:
     get_settings.cache_clear()
 
 
+_PICKLE_SWITCH = os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
+
+
+@pytest.fixture(autouse=True)
+def _own_pickle_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let no test see MLflow's pickle switch as a worker's Registry, built in this process by another, forced it."""
+    if _PICKLE_SWITCH is None:
+        monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", _PICKLE_SWITCH)
+
+
 @pytest.fixture
 def lonely_env(stack_env: dict[str, str], redis_base: str) -> dict[str, str]:
     """Environment whose broker no shared worker listens on; the test starts and stops its own."""

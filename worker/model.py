@@ -1,15 +1,21 @@
 """Load model versions from the MLflow registry and predict on numpy arrays, never pandas."""
 
+import json
 import math
+import os
 import sys
+import tempfile
 import time
 import warnings
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
+from shared.redact import redact, redact_url
 from shared.schemas import FEATURES, LABELS
 from shared.settings import Settings
 
@@ -173,6 +179,123 @@ def ready_model(estimator: Any, name: str, version: str, run_id: str) -> ServedM
     return model
 
 
+# Whoever can write to the registry chooses the files a worker loads, so a worker trusts none of a version's own
+# claims: it reads MLmodel as data, loads only the skops format, and builds only the types below, whatever the
+# file's ``skops_trusted_types`` say. Names are skops's: the module that defines a type, then its name.
+SKOPS_ALLOWED_TYPES = frozenset({
+    # The pipeline training/train.py fits, and nothing else: plain scikit-learn estimator classes. skops builds each
+    # with cls.__new__ and the estimator's own __setstate__ (a dict update of fitted values); no estimator code from
+    # the file runs, and none of their attributes is a callable taken from the file.
+    "sklearn.pipeline.Pipeline",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.linear_model._logistic.LogisticRegression",
+    # Fitted arrays (means, scales, coefficients) are read by np.load(allow_pickle=False); the label and feature
+    # name arrays are object arrays that skops builds from JSON strings. StandardScaler.n_samples_seen_ is a
+    # numpy.float64 scalar, built from such an array.
+    "numpy.ndarray",
+    "numpy.float64",
+    # The containers of an estimator's state (the steps list, its (name, estimator) tuples, attribute dicts) and
+    # the str type of their keys: built empty, then filled with the items above. JSON values (numbers, strings,
+    # booleans, None) are skops JsonNodes, which json.loads builds and skops names builtins.str.
+    "builtins.dict",
+    "builtins.list",
+    "builtins.tuple",
+    "builtins.str",
+})
+# skops's node kinds that build only the type they name. The others (FunctionNode, MethodNode, PartialNode,
+# ReduceNode, OperatorFuncNode, RandomGeneratorNode, ...) import or call further names the file supplies.
+SKOPS_ALLOWED_NODES = frozenset({"ObjectNode", "DictNode", "ListNode", "TupleNode", "JsonNode", "TypeNode",
+                                 "NdArrayNode"})
+PICKLE_SWITCH = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+_SHOWN = 5  # names of refused types in a refusal's message, each cut to _NAME_CHARS: the file chose them
+_NAME_CHARS = 80
+
+
+def _nodes(state: Any) -> Iterator[dict[str, Any]]:
+    """Yield every node of a skops schema: each dict, at any depth, that names a loader, a class or a module."""
+    stack = [state]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "__loader__" in item or "__class__" in item or "__module__" in item:
+                yield item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def audit_skops_file(path: Path) -> None:
+    """Refuse a skops file that names a type or a node kind outside this worker's allowlists, before skops builds
+    anything from it; raise ModelLoadError.
+
+    skops's own audit cannot do this: it trusts every scikit-learn estimator and numpy ufunc by default and only
+    adds ``trusted`` to them. Its schema is JSON; reading it runs nothing from the file.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            schema = json.loads(archive.read("schema.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:  # JSONDecodeError is a ValueError
+        raise ModelLoadError(f"its skops file cannot be read: {type(exc).__name__}") from exc
+    types: set[str] = set()
+    kinds: set[str] = set()
+    for node in _nodes(schema):
+        kind, module, name = node.get("__loader__"), node.get("__module__"), node.get("__class__")
+        if not all(isinstance(part, str) for part in (kind, module, name)):
+            raise ModelLoadError("its skops file has a malformed node")
+        if f"{module}.{name}" not in SKOPS_ALLOWED_TYPES:
+            types.add(f"{module}.{name}")
+        if kind not in SKOPS_ALLOWED_NODES:
+            kinds.add(f"{kind} node")
+    refused = sorted(types) + sorted(kinds)  # the types first: they say what the file holds
+    if refused:
+        shown = ", ".join(repr(item[:_NAME_CHARS]) for item in refused[:_SHOWN])
+        more = f" and {len(refused) - _SHOWN} more" if len(refused) > _SHOWN else ""
+        raise ModelLoadError(f"its skops file names what the workers' allowlist does not hold: {shown}{more}")
+
+
+def skops_file(model_dir: Path) -> str:
+    """Read a downloaded version's MLmodel as data; return the name of its skops file, or raise ModelLoadError
+    for any other format, a missing sklearn flavour or a file outside the model's directory."""
+    import yaml
+
+    try:
+        meta = yaml.safe_load((model_dir / "MLmodel").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ModelLoadError(f"its MLmodel file cannot be read: {type(exc).__name__}") from exc
+    flavors = meta.get("flavors") if isinstance(meta, dict) else None
+    flavour = flavors.get("sklearn") if isinstance(flavors, dict) else None
+    if not isinstance(flavour, dict):
+        found = sorted(str(name)[:_NAME_CHARS] for name in flavors) if isinstance(flavors, dict) else []
+        raise ModelLoadError(f"it has no sklearn flavour (flavours: {', '.join(found) or 'none'}); "
+                             "the workers serve scikit-learn models saved as skops")
+    serialisation = flavour.get("serialization_format")
+    if serialisation != "skops":
+        said = repr(str(serialisation)[:_NAME_CHARS]) if serialisation is not None else "pickle (MLflow's default)"
+        raise ModelLoadError(f"its sklearn flavour is saved as {said}; the workers load skops only and never "
+                             "unpickle")
+    name = flavour.get("pickled_model")  # MLflow's key for the data file, whatever its format
+    if not (isinstance(name, str) and name.endswith(".skops") and PurePosixPath(name).name == name
+            and "\\" not in name):
+        raise ModelLoadError(f"its skops file name {str(name)[:_NAME_CHARS]!r} is not a plain *.skops file name")
+    # flavour["skops_trusted_types"] is the registry writer's say on what to trust: never read.
+    return name
+
+
+def load_skops_file(path: Path) -> Any:
+    """Load an estimator from a skops file if it names only allowed types; raise ModelLoadError if not."""
+    audit_skops_file(path)
+    import skops.io
+
+    # Our list, never the version's: skops adds it to its defaults, which our audit has already narrowed.
+    return skops.io.load(path, trusted=sorted(SKOPS_ALLOWED_TYPES))
+
+
+def load_skops_model(model_dir: Path) -> Any:
+    """Load the estimator of a version downloaded to ``model_dir`` without unpickling or trusting the version's
+    own metadata; raise ModelLoadError if it is not a skops file of allowed types."""
+    return load_skops_file(model_dir / skops_file(model_dir))
+
+
 class Registry:
     """The MLflow registry as a worker uses it: resolve the alias to a version, and load one pinned version."""
 
@@ -180,9 +303,17 @@ class Registry:
         import mlflow
         from mlflow import MlflowClient
 
+        # Defence in depth: should anything in this worker process reach MLflow's own model loaders, they refuse
+        # every format (skops too). Forced, not defaulted: the environment may have turned it on.
+        os.environ[PICKLE_SWITCH] = "false"
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         self.settings = settings
         self.client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+
+    def _error(self, uri: str, exc: BaseException) -> ModelLoadError:
+        # The tracking URI may carry a password (http://user:pw@mlflow), and so may an error that quotes it.
+        where = redact_url(self.settings.mlflow_tracking_uri)
+        return ModelLoadError(redact(f"cannot load {uri} from {where}: {first_line(exc)}"))
 
     def resolve(self) -> str:
         """Return the version the alias names now."""
@@ -190,31 +321,38 @@ class Registry:
         try:
             return str(self.client.get_model_version_by_alias(settings.iris_model_name,
                                                               settings.iris_model_alias).version)
-        except Exception as exc:
-            raise ModelLoadError(f"cannot load {settings.model_uri} from {settings.mlflow_tracking_uri}: "
-                                 f"{first_line(exc)}") from exc
+        except Exception as exc:  # whatever the registry client raises (MlflowException, requests' errors, ...)
+            raise self._error(settings.model_uri, exc) from exc
 
     def load(self, version: str) -> ServedModel:
-        """Load one version's sklearn flavour, check it against the contract and warm it, or raise ModelLoadError."""
-        import mlflow.sklearn
+        """Download one version's MLmodel and skops file, load them without unpickling, check the model against the
+        contract and warm it, or raise ModelLoadError."""
+        import mlflow.artifacts
 
         name = self.settings.iris_model_name
+        # Pinned to the version, whose files never change, so a promotion during the load cannot mix two models.
         uri = f"models:/{name}/{version}"
         # The pipeline was fitted on named columns; numpy rows are already in that order (see columns).
         warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
         try:
             run_id = self.client.get_model_version(name, version).run_id
-            # Pinned to the version, so a promotion during the load cannot mix two models.
-            return ready_model(mlflow.sklearn.load_model(uri), name, str(version), str(run_id))
-        except Exception as exc:
-            raise ModelLoadError(f"cannot load {uri} from {self.settings.mlflow_tracking_uri}: "
-                                 f"{first_line(exc)}") from exc
+            # Where this version's files are, asked once (a models:/ URI per file would ask again for each).
+            files = self.client.get_model_version_download_uri(name, version).rstrip("/")
+            with tempfile.TemporaryDirectory(prefix="iris-model-") as tmp:
+                # MLmodel first: a version in another format is refused before its data file is even fetched.
+                mlflow.artifacts.download_artifacts(artifact_uri=f"{files}/MLmodel", dst_path=tmp)
+                data = skops_file(Path(tmp))
+                mlflow.artifacts.download_artifacts(artifact_uri=f"{files}/{data}", dst_path=tmp)
+                estimator = load_skops_file(Path(tmp) / data)
+            return ready_model(estimator, name, str(version), str(run_id))
+        except Exception as exc:  # the registry, the artifact store, skops and the model itself raise many types
+            raise self._error(uri, exc) from exc
 
 
 def load_served_model(settings: Settings) -> ServedModel:
-    """Resolve the alias to one registry version, load that version's sklearn flavour and warm it."""
+    """Resolve the alias to one registry version, load it as a worker does and warm it (tests and scripts use this)."""
     registry = Registry(settings)
     model = registry.load(registry.resolve())
     print(f"iris worker: serving {settings.iris_model_name} version {model.version} "
-          f"(run {model.run_id}) from {settings.mlflow_tracking_uri}", file=sys.stderr, flush=True)
+          f"(run {model.run_id}) from {redact_url(settings.mlflow_tracking_uri)}", file=sys.stderr, flush=True)
     return model
