@@ -1,6 +1,7 @@
 """Helpers for the live-swap tests: a registered model of the test's own, the API process, and steady traffic."""
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -23,8 +25,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from shared.celery_app import create_celery
+from shared.reload import request_reload, wait_for_checks
 from shared.schemas import FEATURES, LABELS
-from tests.helpers import ROOT, SEED_EXAMPLE, WorkerProcess, api_server
+from tests.helpers import ROOT, SEED_EXAMPLE, WorkerProcess, api_server, make_settings
 from training.registry import promote
 
 ALIAS = "champion"
@@ -194,3 +198,95 @@ def register_bad_version(model: OwnModel, kind: str) -> str:
     assert info.registered_model_version is not None
     return str(info.registered_model_version)
 
+
+
+@contextmanager
+def worker_and_api(env: dict[str, str]) -> Iterator[tuple[WorkerProcess, str]]:
+    """Start a solo worker and the API on ``env``'s queue; yield the worker and the API's URL."""
+    worker = WorkerProcess(env, queue=env["IRIS_QUEUE"]).start()
+    try:
+        with api_process(env) as url:
+            yield worker, url
+    finally:
+        worker.stop()
+
+
+def reload_and_wait(env: dict[str, str], worker: WorkerProcess) -> dict[str, Any]:
+    """Send the reload command as make reload does; return the worker's model info once it has checked."""
+    app = create_celery(make_settings(env))
+    try:
+        tickets = request_reload(app)
+        assert worker.hostname in tickets, tickets
+        return wait_for_checks(app, {worker.hostname: tickets[worker.hostname]}, 30.0)[worker.hostname]
+    finally:
+        app.close()
+
+
+def scrape(port: int, name: str) -> float:
+    """Return one unlabelled figure from a worker's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert found is not None, f"{name} not in the scrape:\n{text}"
+    return float(found[1])
+
+
+class UnpickleTrap:
+    """Creates ``marker`` in whatever process unpickles it, as any pickle a registry writer uploads can."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return open, (self.marker, "w")
+
+
+class SkopsTrap:
+    """Creates the file its state names when skops builds it (its __setstate__ runs); importable by a worker."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __getstate__(self) -> dict[str, str]:
+        return {"marker": self.marker}
+
+    def __setstate__(self, state: dict[str, str]) -> None:
+        Path(state["marker"]).touch()
+        self.__dict__.update(state)
+
+
+UNTRUSTED_KINDS = ("pickle", "cloudpickle", "skops_class", "skops_forest")
+
+
+def register_untrusted_version(model: OwnModel, kind: str, marker: Path) -> str:
+    """Register a version a worker must refuse however its MLmodel vouches for it; return its number.
+
+    ``pickle`` and ``cloudpickle`` create ``marker`` when unpickled. ``skops_class`` is a skops file of SkopsTrap,
+    which creates ``marker`` when built, with its MLmodel declaring that class trusted. ``skops_forest`` is a
+    working RandomForestClassifier that skops trusts by default, its tree type declared trusted in MLmodel, and
+    off the workers' allowlist.
+    """
+    experiment = model.client.get_run(model.run_id).info.experiment_id
+    options: dict[str, Any] = {"serialization_format": kind, "pip_requirements": ["scikit-learn"]}
+    estimator: Any = UnpickleTrap(marker)
+    if kind == "skops_class":
+        estimator = SkopsTrap(marker)
+        options = {"serialization_format": "skops", "pip_requirements": ["scikit-learn", "skops"],
+                   "skops_trusted_types": [f"{SkopsTrap.__module__}.{SkopsTrap.__qualname__}"]}
+    elif kind == "skops_forest":
+        from sklearn.ensemble import RandomForestClassifier
+
+        iris = load_iris()
+        estimator = RandomForestClassifier(n_estimators=5, random_state=0).fit(
+            pd.DataFrame(iris.data, columns=list(FEATURES)), [LABELS[t] for t in iris.target])
+        options = {"serialization_format": "skops", "pip_requirements": ["scikit-learn", "skops"],
+                   "skops_trusted_types": ["sklearn.tree._tree.Tree"]}
+    with mlflow.start_run(experiment_id=experiment):
+        info = mlflow.sklearn.log_model(estimator, name="model", registered_model_name=model.name, **options)
+    if kind == "skops_class":
+        # MLflow test-loads a skops file with the declared types as it saves it, in this process: the trap
+        # fired here, which shows it works. Clear it, so only a worker that builds the class can bring it back.
+        assert marker.exists(), "the skops trap did not fire when MLflow test-loaded it"
+        marker.unlink()
+    assert info.registered_model_version is not None
+    return str(info.registered_model_version)
