@@ -9,8 +9,9 @@ from celery.worker.control import control_command, inspect_command
 
 from shared import tasks as names
 from shared.celery_app import create_celery, rows_queue
+from shared.redact import redact, redact_url
 from shared.settings import get_settings
-from worker import bypass_celery_strategy, watchdog
+from worker import bypass_celery_strategy, message_guard, watchdog
 from worker.metrics import WorkerMetrics
 from worker.model import ModelLoadError, Registry, ServedModel
 from worker.poller import ModelPoller
@@ -40,11 +41,11 @@ def _load_model(**_: Any) -> None:
         swapper = ModelSwapper(registry.resolve, registry.load)
         model = swapper.start()
     except ModelLoadError as exc:
-        print(f"iris worker: {exc}", file=sys.stderr, flush=True)
+        print(f"iris worker: {redact(str(exc))}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     print(f"iris worker: serving {settings.iris_model_name} version {model.version} (run {model.run_id}) from "
-          f"{settings.mlflow_tracking_uri}; checking {settings.model_uri} every {settings.model_poll_seconds:g} s",
-          file=sys.stderr, flush=True)
+          f"{redact_url(settings.mlflow_tracking_uri)}; checking {settings.model_uri} every "
+          f"{settings.model_poll_seconds:g} s", file=sys.stderr, flush=True)
     _swapper = swapper
 
 
@@ -128,8 +129,10 @@ def create_worker_app() -> Celery:
     # Rate limits are per task and none is set; Celery would still look one up for every message.
     app.conf.worker_disable_rate_limits = True
     strategy = bypass_celery_strategy.STRATEGY if settings.fast_paths else None
+    # Every message passes the guard before a task's code runs: a malformed one is logged, counted and dropped.
+    desk = message_guard.install(app, settings)
     if settings.metrics:
-        metrics = WorkerMetrics(settings, lambda: _swapper)
+        metrics = WorkerMetrics(settings, lambda: _swapper, desk.counts)
         register_tasks(app, served_model, metrics.tasks, strategy)
         signals.worker_init.connect(metrics.serve, weak=False)  # after the model loads: WORKER_METRICS_PORT
         signals.worker_shutdown.connect(metrics.stop, weak=False)

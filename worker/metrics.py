@@ -1,5 +1,6 @@
 """The worker's Prometheus figures, served on WORKER_METRICS_PORT by its main process: task durations,
-predictions by label, and the served model and its loads, swaps and refusals, read from the swapper when scraped.
+predictions by label, the served model and its loads, swaps and refusals, read from the swapper when scraped, and
+the queue messages dropped as malformed, by reason (worker/message_guard.py), read from its tally when scraped.
 
 The default pool, solo, runs tasks in that main process, so the port sees everything. A prefork pool runs them
 in child processes whose task and prediction figures this port does not see (the model figures stay right: the
@@ -9,7 +10,7 @@ main process loads and swaps); run more solo workers instead, as the README's Sc
 import logging
 import threading
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from operator import itemgetter
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -82,14 +83,31 @@ class SwapCollector(Collector):
         yield info
 
 
+class RejectionCollector(Collector):
+    """The queue messages dropped as malformed, by reason: a tally the consumer adds to, read when scraped."""
+
+    def __init__(self, counts: Mapping[str, int]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("iris_rejected_messages", "Queue messages dropped as malformed before any task "
+                                     "ran, by reason.", labels=["reason"])
+        for reason, count in sorted(self._counts.items()):
+            family.add_metric([reason], count)
+        yield family
+
+
 class WorkerMetrics:
     """This worker's registry, the task figures, and the HTTP server that serves them."""
 
-    def __init__(self, settings: Settings, swapper: Callable[[], ModelSwapper | None]) -> None:
+    def __init__(self, settings: Settings, swapper: Callable[[], ModelSwapper | None],
+                 rejected: Mapping[str, int] | None = None) -> None:
         self.port = settings.worker_metrics_port
         self.registry = CollectorRegistry()
         self.tasks = TaskMetrics(self.registry)
         self.registry.register(SwapCollector(swapper))
+        if rejected is not None:
+            self.registry.register(RejectionCollector(rejected))
         self._server: Any = None
 
     def serve(self, sender: Any = None, **_: Any) -> None:

@@ -28,6 +28,7 @@ from celery.worker import state
 from kombu import Exchange, Queue
 
 from shared import kombu_brpop_guard
+from shared.redact import redact
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ class ConsumerWatchdog:
                                    retry=False)
         except Exception as exc:
             if not self._broker_down:
-                log.warning("watchdog: cannot reach the broker (%s); not probing until it answers", exc)
+                log.warning("watchdog: cannot reach the broker (%s); not probing until it answers", redact(str(exc)))
             self._broker_down = True
             return
         self._broker_down = False
@@ -188,6 +189,8 @@ def install(app: Celery, settings: Settings) -> None:
         signals.task_received.connect(watchdog.on_received, weak=False)
         # Edge batches run past Celery's strategy, which sends no task_received (worker/bypass_celery_strategy.py).
         signals.task_prerun.connect(watchdog.on_received, weak=False)
+        # A malformed message the guard dropped (worker/message_guard.py) was received all the same.
+        signals.task_rejected.connect(watchdog.on_received, weak=False)
         watchdogs.append(watchdog)
 
     def ready(sender: Any = None, **_: Any) -> None:

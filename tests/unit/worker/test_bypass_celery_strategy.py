@@ -16,8 +16,9 @@ from celery.worker import strategy as celery_strategy
 from celery.worker.consumer import consumer as celery_consumer
 from kombu import Connection, Exchange, Queue
 from kombu.exceptions import ContentDisallowed
+from kombu.message import Message
 
-from worker.bypass_celery_strategy import lean
+from worker.bypass_celery_strategy import decode, lean
 
 HEADERS = {"lang": "py", "task": "test.rows", "id": "batch-1", "root_id": "batch-1", "request_ids": ["req-1"],
            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
@@ -167,3 +168,15 @@ def test_a_body_with_kombus_typed_objects_is_decoded_by_kombu_as_before(app: Cel
         lean(task, app, consumer(object.__new__(SoloPool)))(received, None, lambda *a: None, None, [])
         queue.bind(conn.default_channel).delete()
     assert seen == [(when, [1.5])]
+
+
+def test_kombus_message_keeps_its_decoded_body_where_decode_leaves_it() -> None:
+    # decode() fills kombu's own cache, which message.payload (Celery's strategy) and message.decode() read first.
+    assert "self._decoded_cache if self._decoded_cache else self.decode()" in inspect.getsource(Message.payload.fget)
+    assert "if not self._decoded_cache:" in inspect.getsource(Message.decode)
+
+
+def test_a_body_is_decoded_once_for_the_guard_the_strategy_and_celery(message: Any) -> None:
+    decoded = decode(message)
+    assert decoded == [[[[7.7, 2.6, 6.9, 2.3]], ["row-1"], "reply:1"], {}, {}]
+    assert decode(message) is decoded and message.payload is decoded and message.decode() is decoded

@@ -1,5 +1,6 @@
 """The worker's figures: task durations, predictions by label, and the model's loads and swaps read when scraped."""
 
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from shared import tasks as names
 from shared.settings import Settings
 from tests.unit.worker.test_swap import ESTIMATORS
 from tests.unit.worker.test_tasks_read_the_model_once import FLOWER, CapturingApp
+from worker.message_guard import REASONS
 from worker.metrics import SwapCollector, TaskMetrics, WorkerMetrics
 from worker.model import ModelLoadError, ready_model
 from worker.swap import ModelSwapper
@@ -82,3 +84,15 @@ def test_port_zero_serves_nothing() -> None:
     metrics = WorkerMetrics(Settings(worker_metrics_port=0), lambda: None)
     metrics.serve()
     assert metrics._server is None
+
+
+def test_rejected_messages_are_read_from_the_tally_by_reason_when_scraped() -> None:
+    tally: Counter[str] = Counter(dict.fromkeys(REASONS, 0))
+    metrics = WorkerMetrics(Settings(worker_metrics_port=0), lambda: None, tally)
+    assert metrics.registry.get_sample_value("iris_rejected_messages_total", {"reason": "not_json"}) == 0
+    tally["not_json"] += 2
+    tally["bad_rows"] += 1
+    assert metrics.registry.get_sample_value("iris_rejected_messages_total", {"reason": "not_json"}) == 2
+    assert metrics.registry.get_sample_value("iris_rejected_messages_total", {"reason": "bad_rows"}) == 1
+    assert {s.labels["reason"] for m in metrics.registry.collect() if m.name == "iris_rejected_messages"
+            for s in m.samples if s.name.endswith("_total")} == set(REASONS)

@@ -1,6 +1,13 @@
 """The stall detector: when the worker's watchdog probes, waits, or declares the consumer stalled."""
 
-from worker.watchdog import StallDetector, Verdict
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from celery import Celery, signals
+
+from shared.settings import Settings
+from worker.watchdog import StallDetector, Verdict, install
 
 
 def detector(now: float = 0.0) -> StallDetector:
@@ -73,3 +80,20 @@ def test_a_slow_publish_is_not_counted_and_an_early_receipt_still_answers() -> N
     for now in (16.0, 20.0, 24.0, 28.0):
         assert d.tick(now) is Verdict.WAITING
     assert d.tick(30.0) is Verdict.STALLED
+
+
+def test_a_message_the_guard_dropped_counts_as_received(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker fed only malformed messages consumes all the same: the watchdog must not take it for stalled.
+    app = Celery("test", broker="memory://", set_as_current=False)
+    connected: list[tuple[Any, Any]] = []  # (signal, receiver), recorded instead of connected process-wide
+    for signal in (signals.celeryd_after_setup, signals.worker_ready, signals.worker_shutting_down,
+                   signals.task_received, signals.task_prerun, signals.task_rejected):
+        monkeypatch.setattr(signal, "connect", lambda receiver, s=signal, **_: connected.append((s, receiver)))
+    install(app, Settings())
+    after_setup = next(receiver for signal, receiver in connected if signal is signals.celeryd_after_setup)
+    after_setup(sender="w@host", instance=SimpleNamespace(app=app))
+    on_rejected = next(receiver for signal, receiver in connected if signal is signals.task_rejected)
+    watchdog = on_rejected.__self__
+    watchdog.detector.last_seen = -100.0
+    on_rejected(sender=None, message=None, exc=None)
+    assert watchdog.detector.last_seen > 0
