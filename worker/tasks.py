@@ -25,6 +25,12 @@ def _rows_or_raise(payloads: list[Any], title: str) -> list[list[float]]:
         raise PayloadValidationError(format_validation_error(exc, title)) from None
 
 
+def _refuse_over(rows: int, limit: int) -> None:
+    """Raise when a message holds more than ``limit`` rows, before the model or the validation sees one."""
+    if rows > limit:
+        raise PayloadValidationError(f"{rows} rows: a batch takes at most {limit} rows")
+
+
 def register_tasks(app: Celery, model: Callable[[], ServedModel], metrics: TaskMetrics | None = None,
                    strategy: str | None = None) -> None:
     """Register the iris tasks on ``app``; ``model`` returns the model serving now, ``metrics`` counts their runs,
@@ -33,6 +39,10 @@ def register_tasks(app: Celery, model: Callable[[], ServedModel], metrics: TaskM
     Each task calls ``model()`` once and predicts all its rows with that object: a live swap (worker/swap.py)
     between two calls would otherwise answer one message with two versions.
     """
+    settings = get_settings()
+    # Larger tables are refused before anything reads a row (worker/message_guard.py refuses larger bodies).
+    public_rows = settings.batch_max_rows
+    internal_rows = max(settings.batch_max_rows, settings.batch_max_size)
     timer: Callable[[str], Any]
     predicted: Callable[[list[dict[str, Any]]], None]
     if metrics is None:  # METRICS=false, or a caller with no port: nothing counted, nothing spent
@@ -60,6 +70,7 @@ def register_tasks(app: Celery, model: Callable[[], ServedModel], metrics: TaskM
         with timer(names.CLASSIFY_BATCH):
             if not isinstance(payloads, list) or not payloads:
                 raise PayloadValidationError("payloads must be a non-empty list of objects")
+            _refuse_over(len(payloads), public_rows)
             results = model().predict_rows(_rows_or_raise(payloads, "BatchPayload"))
             predicted(results)
             return results
@@ -75,6 +86,7 @@ def register_tasks(app: Celery, model: Callable[[], ServedModel], metrics: TaskM
             try:
                 if len(rows) != len(task_ids):
                     raise PayloadValidationError(f"{len(rows)} rows for {len(task_ids)} task ids")
+                _refuse_over(len(rows), internal_rows)
                 stored = model().predict_rows(rows)
                 state, outcome = states.SUCCESS, {"results": stored}
             except Exception as exc:
@@ -91,6 +103,7 @@ def register_tasks(app: Celery, model: Callable[[], ServedModel], metrics: TaskM
         outcome: dict[str, Any]
         with timer(names.CLASSIFY_TABLE):
             try:
+                _refuse_over(len(rows), internal_rows)
                 results: Any = model().predict_rows(rows)
                 state, outcome = states.SUCCESS, {"results": [results]}
             except Exception as exc:
