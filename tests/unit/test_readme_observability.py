@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from api.metrics import ApiMetrics, StateCollector
 from tests.unit.api.test_metrics import fake_services
-from worker.metrics import SwapCollector, TaskMetrics
+from worker.metrics import RejectionCollector, SwapCollector, TaskMetrics
 from worker.swap import ModelSwapper
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +34,7 @@ def exported() -> set[str]:
     swapper = ModelSwapper(lambda: "1", lambda version: model)  # type: ignore[arg-type,return-value]
     swapper.start()
     registry.register(SwapCollector(lambda: swapper))
+    registry.register(RejectionCollector({"not_json": 1}))
     names = set()
     for source in (api.registry, registry):
         for family in source.collect():
