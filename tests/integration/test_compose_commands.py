@@ -318,6 +318,7 @@ def test_compose_file_keeps_its_guarantees(compose: dict[str, Any]) -> None:
     redis_cmd = " ".join(services["redis"]["command"])
     assert "--appendonly yes" in redis_cmd and "--maxmemory-policy noeviction" in redis_cmd
     assert '--maxmemory "$$REDIS_MAXMEMORY"' in redis_cmd and "--aclfile" in redis_cmd
+    assert "--proto-max-bulk-len 8mb" in redis_cmd
     # What each image installs from uv.lock is checked in tests/unit/test_uv_lock.py.
 
 
