@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import redis
 
@@ -329,3 +330,10 @@ class UpScript:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+class AuthRedisServer(RedisServer):
+    """A private redis-server started with ``--requirepass``; its URLs percent-encode the password."""
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://:{quote(self.password or '', safe='')}@127.0.0.1:{self.port}/{db}"

@@ -1,5 +1,6 @@
 """Integration fixtures: the real Flask app wired to the test Redis and a real worker."""
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from api import create_app
-from tests.helpers import UpScript, WorkerProcess, make_settings
+from tests.helpers import AuthRedisServer, UpScript, WorkerProcess, make_settings
 
 pytestmark = pytest.mark.integration
 
@@ -30,3 +31,18 @@ def up(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], UpScript]]:
     yield start
     for script in started:
         script.cleanup()
+
+
+@pytest.fixture
+def secret() -> str:
+    """Return the unique part of the password, which must never be shown in any encoding."""
+    return uuid.uuid4().hex
+
+
+@pytest.fixture
+def auth_redis(tmp_path: Path, secret: str) -> Iterator[AuthRedisServer]:
+    # Generated passwords often hold characters that a URL must percent-encode.
+    server = AuthRedisServer(tmp_path / "redis", aof=False, password=f"p@ss:w/rd#{secret}+=")
+    server.start()
+    yield server
+    server.stop()

@@ -10,40 +10,18 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
-from tests.helpers import SEED_EXAMPLE, RedisServer, UpScript, free_port
+from tests.helpers import SEED_EXAMPLE, AuthRedisServer, UpScript, free_port
 
 pytestmark = pytest.mark.integration
 
 OUTAGE_SECONDS = 4.0
-
-
-class AuthRedisServer(RedisServer):
-    """A private redis-server with ``--requirepass``; its URLs percent-encode the password."""
-
-    def url(self, db: int = 0) -> str:
-        return f"redis://:{quote(self.password or '', safe='')}@127.0.0.1:{self.port}/{db}"
-
-
-@pytest.fixture
-def secret() -> str:
-    """Return the unique part of the password: it must show up nowhere, in any encoding."""
-    return uuid.uuid4().hex
-
-
-@pytest.fixture
-def auth_redis(tmp_path: Path, secret: str) -> Iterator[AuthRedisServer]:
-    # Generated passwords often hold characters a URL must percent-encode, and "@", which ends a URL's userinfo.
-    server = AuthRedisServer(tmp_path / "redis", aof=False, password=f"p@ss:w/rd#{secret}+=")
-    server.start()
-    yield server
-    server.stop()
 
 
 class Seen:

@@ -15,6 +15,7 @@ from api import create_app
 from shared.celery_app import create_celery
 from tests.helpers import (
     SEED_EXAMPLE,
+    AuthRedisServer,
     RedisServer,
     WorkerProcess,
     make_settings,
@@ -70,28 +71,6 @@ def assert_every_route_answers_503(env: dict[str, str]) -> list[str]:
 
 
 # -- password ----------------------------------------------------------------------------------------------
-
-class AuthRedisServer(RedisServer):
-    """A private redis-server started with ``--requirepass``; its URLs percent-encode the password."""
-
-    def url(self, db: int = 0) -> str:
-        return f"redis://:{quote(self.password or '', safe='')}@127.0.0.1:{self.port}/{db}"
-
-
-@pytest.fixture
-def secret() -> str:
-    """Return the unique part of the password, which must never be shown in any encoding."""
-    return uuid.uuid4().hex
-
-
-@pytest.fixture
-def auth_redis(tmp_path: Path, secret: str) -> Iterator[AuthRedisServer]:
-    # Generated passwords often hold characters that a URL must percent-encode.
-    server = AuthRedisServer(tmp_path / "redis", aof=False, password=f"p@ss:w/rd#{secret}+=")
-    server.start()
-    yield server
-    server.stop()
-
 
 def with_redis(env: dict[str, str], broker: str, backend: str) -> dict[str, str]:
     return {**env, "CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": backend}

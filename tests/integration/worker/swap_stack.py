@@ -29,6 +29,7 @@ from shared.celery_app import create_celery
 from shared.reload import request_reload, wait_for_checks
 from shared.schemas import FEATURES, LABELS
 from tests.helpers import ROOT, SEED_EXAMPLE, WorkerProcess, api_server, make_settings
+from tests.model_traps import SkopsTrap, UnpickleTrap
 from training.registry import promote
 
 ALIAS = "champion"
@@ -229,30 +230,6 @@ def scrape(port: int, name: str) -> float:
     found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
     assert found is not None, f"{name} not in the scrape:\n{text}"
     return float(found[1])
-
-
-class UnpickleTrap:
-    """Creates ``marker`` in whatever process unpickles it, as any pickle a registry writer uploads can."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
-        return open, (self.marker, "w")
-
-
-class SkopsTrap:
-    """Creates the file its state names when skops builds it (its __setstate__ runs); importable by a worker."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __getstate__(self) -> dict[str, str]:
-        return {"marker": self.marker}
-
-    def __setstate__(self, state: dict[str, str]) -> None:
-        Path(state["marker"]).touch()
-        self.__dict__.update(state)
 
 
 UNTRUSTED_KINDS = ("pickle", "cloudpickle", "skops_class", "skops_forest")

@@ -15,7 +15,7 @@ import pytest
 
 from shared import tasks
 from shared.celery_app import create_celery
-from shared.reload import request_reload, wait_for_checks
+from shared.reload import request_reload
 from tests.helpers import ROOT, WorkerProcess, make_settings
 from tests.integration.worker.swap_stack import (
     ALIAS,
@@ -25,6 +25,7 @@ from tests.integration.worker.swap_stack import (
     api_process,
     get_json,
     register_bad_version,
+    reload_and_wait,
 )
 
 pytestmark = pytest.mark.integration
@@ -55,17 +56,6 @@ def stack(env: dict[str, str], prefork: bool = False) -> Iterator[tuple[WorkerPr
             yield worker, url
     finally:
         worker.stop()
-
-
-def reload_and_wait(env: dict[str, str], worker: WorkerProcess) -> dict[str, Any]:
-    """Send the reload command as make reload does; return the worker's model info once it has checked."""
-    app = create_celery(make_settings(env))
-    try:
-        tickets = request_reload(app)
-        assert worker.hostname in tickets, tickets
-        return wait_for_checks(app, {worker.hostname: tickets[worker.hostname]}, 30.0)[worker.hostname]
-    finally:
-        app.close()
 
 
 def send_reload(env: dict[str, str], worker: WorkerProcess) -> None:

@@ -30,7 +30,7 @@ OFF_THE_LIST = "its skops file names what the workers' allowlist does not hold: 
 REASONS = {
     "pickle": ("its sklearn flavour is saved as 'pickle'" + UNPICKLE,),
     "cloudpickle": ("its sklearn flavour is saved as 'cloudpickle'" + UNPICKLE,),
-    "skops_class": (OFF_THE_LIST + "'tests.integration.worker.swap_stack.SkopsTrap'",),
+    "skops_class": (OFF_THE_LIST + "'tests.model_traps.SkopsTrap'",),
     "skops_forest": (OFF_THE_LIST, "'sklearn.ensemble._forest.RandomForestClassifier'"),
 }
 

@@ -26,6 +26,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from shared.schemas import FEATURES, LABELS
 from tests.helpers import ROOT, make_settings
+from tests.model_traps import SkopsTrap, UnpickleTrap
 from worker.model import (
     PICKLE_SWITCH,
     SKOPS_ALLOWED_TYPES,
@@ -36,30 +37,6 @@ from worker.model import (
 )
 
 REQUIREMENTS = ["scikit-learn", "skops"]  # explicit: MLflow would otherwise infer them in a subprocess
-
-
-class UnpickleTrap:
-    """Creates ``marker`` when unpickled, as any pickle a registry writer uploads can."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
-        return open, (self.marker, "w")
-
-
-class SkopsTrap:
-    """Creates the file its state names when skops builds it: a class a registry writer declares trusted."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __getstate__(self) -> dict[str, str]:
-        return {"marker": self.marker}
-
-    def __setstate__(self, state: dict[str, str]) -> None:
-        Path(state["marker"]).touch()
-        self.__dict__.update(state)
 
 
 def type_name(kind: Any) -> str:
