@@ -243,17 +243,32 @@ def _ids_problem(task_ids: Any) -> Problem | None:
     return None
 
 
-def classify_rows_problem(args: list[Any], kwargs: dict[str, Any], limits: Limits) -> Problem | None:
-    """Check ``iris.classify_rows(rows, task_ids, reply_to=None)``'s arguments, which its code takes on trust."""
+def _internal_problem(args: list[Any], kwargs: dict[str, Any], signature: str,
+                      ids_problem: Callable[[Any], Problem | None]) -> Problem | None:
+    """Check the ``(rows, ids, reply_to=None)`` arguments both internal tasks take, ``ids`` by ``ids_problem``."""
     if kwargs or not 2 <= len(args) <= 3:
-        return BAD_BODY, "classify_rows takes (rows, task_ids, reply_to) as positional arguments"
-    rows, task_ids = args[0], args[1]
-    if type(rows) is not list:
+        return BAD_BODY, f"{signature} as positional arguments"
+    if type(args[0]) is not list:
         return BAD_BODY, "rows is not a list"
-    if (problem := _ids_problem(task_ids)) is not None:
+    if (problem := ids_problem(args[1])) is not None:
         return problem
     if len(args) == 3 and args[2] is not None and type(args[2]) is not str:
         return BAD_BODY, "reply_to is not a string"
+    return None
+
+
+def _task_id_problem(task_id: Any) -> Problem | None:
+    if type(task_id) is not str or not 0 < len(task_id) <= MAX_ID:
+        return BAD_BODY, "the task id is not a string"
+    return None
+
+
+def classify_rows_problem(args: list[Any], kwargs: dict[str, Any], limits: Limits) -> Problem | None:
+    """Check ``iris.classify_rows(rows, task_ids, reply_to=None)``'s arguments, which its code takes on trust."""
+    problem = _internal_problem(args, kwargs, "classify_rows takes (rows, task_ids, reply_to)", _ids_problem)
+    if problem is not None:
+        return problem
+    rows, task_ids = args[0], args[1]
     if len(rows) != len(task_ids):
         return BAD_BODY, f"{len(rows)} rows for {len(task_ids)} task ids"
     # More rows than allowed: the task refuses them by count, with a FAILURE on the reply channel.
@@ -262,15 +277,10 @@ def classify_rows_problem(args: list[Any], kwargs: dict[str, Any], limits: Limit
 
 def classify_table_problem(args: list[Any], kwargs: dict[str, Any], limits: Limits) -> Problem | None:
     """Check ``iris.classify_table(rows, task_id, reply_to=None)``'s arguments, which its code takes on trust."""
-    if kwargs or not 2 <= len(args) <= 3:
-        return BAD_BODY, "classify_table takes (rows, task_id, reply_to) as positional arguments"
-    rows, task_id = args[0], args[1]
-    if type(rows) is not list:
-        return BAD_BODY, "rows is not a list"
-    if type(task_id) is not str or not 0 < len(task_id) <= MAX_ID:
-        return BAD_BODY, "the task id is not a string"
-    if len(args) == 3 and args[2] is not None and type(args[2]) is not str:
-        return BAD_BODY, "reply_to is not a string"
+    problem = _internal_problem(args, kwargs, "classify_table takes (rows, task_id, reply_to)", _task_id_problem)
+    if problem is not None:
+        return problem
+    rows = args[0]
     return rows_problem(rows) if len(rows) <= limits.internal_rows else None
 
 
