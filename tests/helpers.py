@@ -1,6 +1,7 @@
 """Helpers for tests that run the real stack: settings from a test environment, worker subprocesses."""
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -337,3 +338,13 @@ class AuthRedisServer(RedisServer):
 
     def url(self, db: int = 0) -> str:
         return f"redis://:{quote(self.password or '', safe='')}@127.0.0.1:{self.port}/{db}"
+
+
+def next_reply(pubsub: Any, timeout: float) -> Any:
+    """Return the next worker reply (decoded JSON) on a subscribed pub/sub channel, or None after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+        if message:
+            return json.loads(message["data"])
+    return None

@@ -26,7 +26,7 @@ from api import create_app
 from shared import tasks
 from shared.celery_app import create_celery
 from shared.errors import PayloadValidationError
-from tests.helpers import SEED_EXAMPLE, RedisServer, WorkerProcess, free_port, make_settings
+from tests.helpers import SEED_EXAMPLE, RedisServer, WorkerProcess, free_port, make_settings, next_reply
 
 pytestmark = pytest.mark.integration
 
@@ -267,10 +267,7 @@ def test_an_edge_batch_over_the_row_limit_is_answered_with_a_failure_on_its_repl
     assert pubsub.get_message(timeout=5)["type"] == "subscribe"
     task_ids = [str(uuid.uuid4()) for _ in range(1001)]
     stack.broker.lpush(ROWS, with_args(lambda _: [[ROW] * 1001, task_ids, reply_to])(stack.fresh(ROWS)))
-    deadline, reply = time.monotonic() + 10, None
-    while reply is None and time.monotonic() < deadline:
-        message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
-        reply = orjson.loads(message["data"]) if message else None
+    reply = next_reply(pubsub, 10)
     pubsub.close()
     assert reply is not None and reply["ids"] == task_ids
     assert reply["error"]["raised"] == "PayloadValidationError" and "at most 1000 rows" in reply["error"]["message"]

@@ -1,17 +1,15 @@
 """A worker with FAST_PATHS=0 answers edge batches through kombu's own transport and Celery's store_result."""
 
-import time
 import uuid
 from collections.abc import Iterator
 
-import orjson
 import pytest
 from celery.result import AsyncResult
 
 from shared import tasks
 from shared.celery_app import create_celery
 from shared.schemas import FEATURES
-from tests.helpers import SEED_EXAMPLE, WorkerProcess, make_settings
+from tests.helpers import SEED_EXAMPLE, WorkerProcess, make_settings, next_reply
 
 pytestmark = pytest.mark.integration
 
@@ -39,10 +37,7 @@ def test_a_worker_with_fast_paths_off_answers_rows_under_their_ids_and_on_the_re
     rows = [[SEED_EXAMPLE[f] for f in FEATURES], SETOSA_ROW]
     app.send_task(tasks.CLASSIFY_ROWS, args=[rows, task_ids, reply_to], queue=documented_worker.queue,
                   ignore_result=True)
-    deadline, reply = time.monotonic() + 30, None
-    while reply is None and time.monotonic() < deadline:
-        message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
-        reply = orjson.loads(message["data"]) if message else None
+    reply = next_reply(pubsub, 30)
     pubsub.close()
     assert reply is not None and reply["ids"] == task_ids
     assert [row["pred_label"] for row in reply["results"]] == ["Iris-virginica", "Iris-setosa"]
