@@ -116,5 +116,10 @@ def wait_all_succeed(client: FlaskClient, ids: list[str], timeout: float) -> Non
 
 def children(pid: int) -> set[int]:
     """Return the pids of ``pid``'s child processes (Linux /proc)."""
-    threads = Path(f"/proc/{pid}/task").iterdir()
-    return {int(child) for thread in threads for child in (thread / "children").read_text().split()}
+    found: set[int] = set()
+    for thread in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found.update(int(child) for child in (thread / "children").read_text().split())
+        except FileNotFoundError:
+            continue  # the thread ended between the listing and the read
+    return found
