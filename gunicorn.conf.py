@@ -2,7 +2,8 @@
 
 import os
 
-from api import auth, metrics_dir
+from api.observability import multiprocess_dir
+from api.web import auth
 from shared.logs import logging_config
 from shared.settings import get_settings
 
@@ -14,7 +15,7 @@ except auth.KeyConfigError as _exc:
     # SystemExit, not an Exception: gunicorn would print its own traceback around an Exception from this file.
     raise SystemExit(f"iris-api: cannot start: {_exc}") from None
 # In the master, before it forks: each worker's figures go to files there, and /metrics sums them.
-metrics_dir.prepare(_settings)
+multiprocess_dir.prepare(_settings)
 
 wsgi_app = "api.wsgi:app()"
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{_settings.port}")
@@ -26,7 +27,7 @@ keepalive = 5
 timeout = max(30, int(_settings.sync_timeout_seconds) + 10)
 graceful_timeout = 10
 loglevel = _settings.loglevel.lower()
-# The app writes its own JSON access line when ACCESS_LOG=1 (api/access_log.py); gunicorn's would repeat it.
+# The app writes its own JSON access line when ACCESS_LOG=1 (api/web/access_log.py); gunicorn's would repeat it.
 accesslog = None
 errorlog = "-"
 # JSON lines for the app and for gunicorn's own error log, set up once in the master before it forks.

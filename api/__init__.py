@@ -11,10 +11,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     Process-wide setup (logging, the GIL switch interval) belongs to the entry points: api/wsgi.py for granian
     and gunicorn.
     """
-    from api import auth, extension, handlers, metrics, tracing
-    from api.access_log import AccessLogMiddleware
-    from api.request_id import RequestIdMiddleware
+    from api import extension
+    from api.observability import metrics, tracing
     from api.routes import classify, demo, docs, health, mlflow_scoring, tasks
+    from api.web import auth, error_handlers
+    from api.web.access_log import AccessLogMiddleware
+    from api.web.request_id import RequestIdMiddleware
 
     settings = settings or get_settings()
     keys = auth.load_keys(settings)  # first: set but unusable keys stop the app before anything else is built
@@ -24,7 +26,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.merge_slashes = False
     # A 1,000-row batch is about 100 kB of JSON; anything far larger is refused before it is read.
     app.config["MAX_CONTENT_LENGTH"] = max(1_000_000, settings.batch_max_rows * 200)
-    handlers.init_app(app)
+    error_handlers.init_app(app)
     services = extension.init_app(app, settings)
     app.register_blueprint(classify.bp)
     app.register_blueprint(tasks.bp)

@@ -9,7 +9,8 @@ from granian.constants import Interfaces
 from granian.log import LogLevels
 from granian.server import Server
 
-from api import auth, metrics_dir
+from api.observability import multiprocess_dir
+from api.web import auth
 from shared.logs import logging_config
 from shared.settings import get_settings
 
@@ -23,7 +24,7 @@ def main() -> None:
     except auth.KeyConfigError as exc:
         raise SystemExit(f"iris-api: cannot start: {exc}") from None
     # Before the workers start (granian forks them): each one's figures go to files there, and /metrics sums them.
-    metrics_dir.prepare(settings)
+    multiprocess_dir.prepare(settings)
     level = settings.loglevel.lower()
     # granian applies this in the main process and again in each worker process: JSON lines everywhere,
     # its own loggers included.

@@ -1,4 +1,4 @@
-"""The API's errors: each carries its HTTP status and its envelope's ``raised`` name (api/handlers.py maps them)."""
+"""The API's errors: each carries its HTTP status and its envelope's ``raised`` name (see web/error_handlers.py)."""
 
 from typing import Any
 

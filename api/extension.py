@@ -5,15 +5,15 @@ from dataclasses import dataclass
 from celery import Celery
 from flask import Flask, current_app
 
-from api import metrics, tracing
-from api.admission import Admission
-from api.batcher import EdgeBatcher
-from api.circuit import Circuit
-from api.fail_fast import bound_celery, redis_client
-from api.publisher import EdgePublisher
-from api.readiness import Readiness, WorkerCheck
-from api.replies import ReplyListener, max_reply_bytes
-from api.results_backend import polling_backend_url
+from api.batching.batcher import EdgeBatcher
+from api.batching.publisher import EdgePublisher
+from api.batching.replies import ReplyListener, max_reply_bytes
+from api.broker.admission import Admission
+from api.broker.circuit import Circuit
+from api.broker.readiness import Readiness, WorkerCheck
+from api.broker.results_backend import polling_backend_url
+from api.broker.timeouts import bound_celery, redis_client
+from api.observability import metrics, tracing
 from api.service import ClassifyService
 from shared.celery_app import create_celery, rows_queue
 from shared.settings import Settings
@@ -44,7 +44,7 @@ def init_app(app: Flask, settings: Settings) -> Services:
     results = redis_client(settings.celery_result_backend, settings.api_redis_timeout_seconds)
     circuit = Circuit(open_seconds=1.0)
     # QUEUE_MAX_LENGTH and QUEUE_MAX_MB bound both queues together: the public one and the edge batches'
-    # (api/admission.py).
+    # (api/broker/admission.py).
     admission = Admission(celery, (settings.iris_queue, settings.rows_queue), settings.queue_max_length, circuit,
                           fast=settings.fast_paths, max_bytes=int(settings.queue_max_mb * 1e6))
     # The listener hands answers to the batcher, and the publisher names the listener's channel: one

@@ -10,12 +10,12 @@ import redis
 from celery import Celery, states
 from celery.result import AsyncResult
 
-from api.admission import Admission
-from api.batcher import EdgeBatcher, Pending, PublishFailed, TaskError
-from api.circuit import REDIS_DOWN, Circuit
+from api.batching.batcher import EdgeBatcher, Pending, PublishFailed, TaskError
+from api.batching.publisher import EdgePublisher
+from api.batching.replies import ReplyListener
+from api.broker.admission import Admission
+from api.broker.circuit import REDIS_DOWN, Circuit
 from api.errors import QueueUnavailable, TaskFailed, TimedOut
-from api.publisher import EdgePublisher
-from api.replies import ReplyListener
 from shared import tasks
 from shared.logs import current_request_id, set_task_id
 from shared.redact import redact

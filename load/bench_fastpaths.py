@@ -4,8 +4,8 @@
 
 Prints one line per path: µs per operation (wall clock, then this process's CPU) for the fast path and its
 FAST_PATHS=0 fallback, each the median of --rounds rounds that alternate the two. The paths:
-``store_many`` of a 16-row batch (worker/bypass_celery_store_result.py against ``store_result`` per id), and
-kombu's ``basic_publish`` and a publish-get-ack round of one small message (shared/bypass_kombu_create_client.py
+``store_many`` of a 16-row batch (worker/fastpaths/store_result.py against ``store_result`` per id), and
+kombu's ``basic_publish`` and a publish-get-ack round of one small message (shared/transport/client_per_pool.py
 against kombu's own ``redis`` transport). It writes only keys and queues named ``iris-bench...``, and deletes
 them; still, give it a database no service uses.
 """
@@ -21,10 +21,10 @@ from typing import Any
 from celery import states
 from kombu import Connection
 
-from shared.bypass_kombu_create_client import Transport as BypassTransport
 from shared.celery_app import create_celery
 from shared.settings import Settings
-from worker.bypass_celery_store_result import store_many
+from shared.transport.client_per_pool import Transport as BypassTransport
+from worker.fastpaths.store_result import store_many
 
 BATCH = 16
 ROW = {"pred_label": "Iris-virginica", "model_name": "iris-classifier", "model_version": "3", "model_run_id": "r" * 32,
@@ -132,11 +132,11 @@ def main(argv: list[str] | None = None) -> None:
     for var in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
         os.environ.pop(var, None)  # Celery reads these over the app's own URLs: --redis-url must win
     print(f"median of {args.rounds} alternating rounds of {args.ops} operations, against {url}")
-    print(line(f"store_many, {BATCH}-row batch + reply (bypass_celery_store_result vs store_result)",
+    print(line(f"store_many, {BATCH}-row batch + reply (fastpaths.store_result vs store_result)",
                compare(store_batch(url, True), store_batch(url, False), args.rounds, args.ops)))
-    print(line("kombu basic_publish (bypass_kombu_create_client vs kombu's redis transport)",
+    print(line("kombu basic_publish (transport.client_per_pool vs kombu's redis transport)",
                compare(publish(url, BypassTransport), publish(url, None), args.rounds, args.ops)))
-    print(line("kombu publish + get + ack (bypass_kombu_create_client vs kombu's redis transport)",
+    print(line("kombu publish + get + ack (transport.client_per_pool vs kombu's redis transport)",
                compare(round_trip(url, BypassTransport), round_trip(url, None), args.rounds, args.ops)))
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from api.bypass_celery_send_task_message import EdgeMessages
+from api.batching.task_messages import EdgeMessages
 from shared import tasks
 from shared.celery_app import create_celery
 from shared.settings import Settings

@@ -5,8 +5,7 @@ import ssl
 from celery import Celery
 from kombu import Exchange, Queue
 
-from shared.bypass_kombu_basic_ack import TRANSPORT as BYPASS_KOMBU_BASIC_ACK
-from shared.kombu_brpop_guard import TRANSPORT as KOMBU_BRPOP_GUARD
+from shared import transport
 from shared.settings import Settings, get_settings
 
 # What a rediss:// URL means when its query names no ssl_* parameters (those in the URL override this): verify
@@ -65,7 +64,7 @@ def create_celery(settings: Settings | None = None, name: str = "iris") -> Celer
     if redis_broker and ";" not in settings.celery_broker_url:
         # kombu's transport with a lost-reply fix, and unless FAST_PATHS=0, minus a new client per publish and ack
         # and minus the round trip of acknowledging a no-ack message.
-        app.conf.broker_transport = BYPASS_KOMBU_BASIC_ACK if settings.fast_paths else KOMBU_BRPOP_GUARD
+        app.conf.broker_transport = transport.FAST if settings.fast_paths else transport.GUARDED
     if settings.celery_broker_url.startswith("rediss://"):
         app.conf.broker_use_ssl = dict(TLS_DEFAULTS)
     if settings.celery_result_backend.startswith("rediss://"):

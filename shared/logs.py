@@ -17,7 +17,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 from shared.redact import redact
 
-# [request id, task id] of the request being served on this thread: api/request_id.py sets it per request
+# [request id, task id] of the request being served on this thread: api/web/request_id.py sets it per request
 # (one context variable, not two: it is set and reset on every request), the queue fills in the task id.
 LOG_CONTEXT: ContextVar[list[str | None] | None] = ContextVar("log_context", default=None)
 

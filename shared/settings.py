@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     # Touched by the watchdog each time the consumer is seen alive; a container health check reads its age.
     worker_heartbeat_file: str | None = None
     # Comma-separated keys; when set, the classify, task and scoring routes need one (Authorization: Bearer <key>
-    # or X-API-Key). Unset: open. Set but blank or malformed: the API refuses to start (api/auth.py).
+    # or X-API-Key). Unset: open. Set but blank or malformed: the API refuses to start (api/web/auth.py).
     api_keys: SecretStr | None = None
     # A file holding the keys (comma- or newline-separated), as Docker and Kubernetes mount secrets; not both.
     api_keys_file: str | None = None

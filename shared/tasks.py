@@ -14,7 +14,7 @@ CLASSIFY_TABLE = "iris.classify_table"
 
 # Headers of an edge batch's or a table's message: how many seconds a result must outlive the message (its
 # request may still be waiting), and the key prefix under which the API marks an id whose wait ended unanswered;
-# a marked id's result is kept for its poll URL (worker/bypass_celery_store_result.py).
+# a marked id's result is kept for its poll URL (worker/fastpaths/store_result.py).
 RESULT_HOLD_HEADER = "result_hold"
 RESULT_MARKS_HEADER = "result_marks"
 

@@ -147,7 +147,7 @@ def _exporter(name: str) -> Any:
 def _inject_into_published_tasks() -> None:
     """Make every Celery task this process sends carry the current span's trace context in its headers.
 
-    Celery's ``before_task_publish`` fires on both publish paths of api/publisher.py and in ``send_task``,
+    Celery's ``before_task_publish`` fires on both publish paths of api/batching/publisher.py and in ``send_task``,
     with the very headers dict it then sends, so the edge batch's span and an async request's span reach
     the worker with no change to either path.
     """

@@ -11,7 +11,8 @@ from shared import tasks as names
 from shared.celery_app import create_celery, rows_queue
 from shared.redact import redact, redact_url
 from shared.settings import get_settings
-from worker import bypass_celery_strategy, message_guard, watchdog
+from worker import message_guard, watchdog
+from worker.fastpaths import strategy as fast_strategy
 from worker.metrics import WorkerMetrics
 from worker.model import ModelLoadError, Registry, ServedModel
 from worker.poller import ModelPoller
@@ -128,7 +129,7 @@ def create_worker_app() -> Celery:
     signals.celeryd_after_setup.connect(_consume_rows, weak=False)
     # Rate limits are per task and none is set; Celery would still look one up for every message.
     app.conf.worker_disable_rate_limits = True
-    strategy = bypass_celery_strategy.STRATEGY if settings.fast_paths else None
+    strategy = fast_strategy.STRATEGY if settings.fast_paths else None
     # Every message passes the guard before a task's code runs: a malformed one is logged, counted and dropped.
     desk = message_guard.install(app, settings)
     if settings.metrics:

@@ -5,13 +5,13 @@ headers of the wrong type or a body of the wrong shape used to raise in the cons
 Celery catches, and the worker exited ("Unrecoverable error"): one LPUSH per restart kept every worker down. Three
 layers now refuse such messages, each at the first point that can tell, and all report to one :class:`Desk`:
 
-- the Redis transport (shared/kombu_brpop_guard.py): payloads kombu cannot turn into a message, on the task
+- the Redis transport (shared/transport/brpop.py): payloads kombu cannot turn into a message, on the task
   queues and on remote control's broadcast channel, and payloads over ``max_message_bytes`` (set here from
   BATCH_MAX_ROWS), refused before they are decoded;
 - the consumer (:class:`Consumer`, Celery's ``worker_consumer``): messages Celery cannot route (no task name, an
   unknown one, a content type it refuses, an ETA that does not parse), which Celery logged with their body;
 - the strategy guard (:func:`guard`), wrapped around every task's Strategy, Celery's or the lean one
-  (worker/bypass_celery_strategy.py): the headers, the body's size before decoding and its shape after, and for
+  (worker/fastpaths/strategy.py): the headers, the body's size before decoding and its shape after, and for
   the API's internal tasks the rows, task ids and reply channel their code takes on trust.
 
 The desk logs one JSON line per message (the reason, a short detail of ours, the task name and id; never the
@@ -37,13 +37,13 @@ from celery.utils.time import maybe_iso8601
 from celery.worker.consumer import consumer as celery_consumer
 from kombu.exceptions import ContentDisallowed, DecodeError, KombuError
 
-from shared import bypass_kombu_basic_ack, bypass_kombu_create_client
-from shared import kombu_brpop_guard as transport
 from shared import tasks as names
 from shared.errors import PayloadValidationError
 from shared.redact import redact
 from shared.settings import Settings
-from worker import bypass_celery_strategy
+from shared.transport import brpop as transport
+from shared.transport import client_per_pool, no_ack
+from worker.fastpaths import strategy as fast_strategy
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Desk:
     def __init__(self, app: Celery, limits: Limits, fast: bool = True) -> None:
         self.app = app
         self.limits = limits
-        self.fast = fast  # FAST_PATHS: decode with orjson (worker/bypass_celery_strategy.py)
+        self.fast = fast  # FAST_PATHS: decode with orjson (worker/fastpaths/strategy.py)
         self.counts: Counter[str] = Counter(dict.fromkeys(REASONS, 0))
 
     def reject(self, reason: str, detail: str, headers: Any = None, queue: str | None = None, message: Any = None,
@@ -147,7 +147,7 @@ class Desk:
         signals.task_rejected.send(sender=self, message=message, exc=None)
 
     def dropped(self, reason: str, detail: str, headers: Mapping[str, Any] | None, queue: str) -> None:
-        """Hear of a payload the Redis transport dropped (shared.kombu_brpop_guard.listen)."""
+        """Hear of a payload the Redis transport dropped (shared.transport.brpop.listen)."""
         if reason == TOO_LARGE and headers is not None and headers.get("task") == names.CLASSIFY_BATCH:
             detail = f"{detail}; {names.CLASSIFY_BATCH} takes at most {self.limits.public_rows} rows"
         self.reject(reason, detail, headers, queue)
@@ -298,7 +298,7 @@ def guard(strategy: Callable[..., Any], task: Task, desk: Desk, consumer: Any) -
     check_arguments = ARGUMENT_CHECKS.get(task.name)
     limits = desk.limits
     max_body = limits.body_bytes
-    decode = bypass_celery_strategy.decode if desk.fast else _decode_documented
+    decode = fast_strategy.decode if desk.fast else _decode_documented
     connection_errors = consumer.connection_errors
     # Left to Celery: broker errors (it reconnects), and what its consumer refuses itself (to the hooks below).
     passed_on = (*connection_errors, *getattr(consumer, "channel_errors", ()), *_CELERY_REFUSES, MemoryError)
@@ -431,6 +431,6 @@ def install(app: Celery, settings: Settings) -> Desk:
     return desk
 
 
-# shared.celery_app's Redis transports: each one's channel is kombu_brpop_guard's.
-_GUARDED_TRANSPORTS = frozenset({transport.TRANSPORT, bypass_kombu_create_client.TRANSPORT,
-                                 bypass_kombu_basic_ack.TRANSPORT})
+# shared.celery_app's Redis transports: each one's channel is shared.transport.brpop's.
+_GUARDED_TRANSPORTS = frozenset({transport.TRANSPORT, client_per_pool.TRANSPORT,
+                                 no_ack.TRANSPORT})

@@ -12,7 +12,7 @@ from shared import tasks as names
 from shared.errors import PayloadValidationError
 from shared.schemas import ClassifyPayload, format_validation_error, rows_from_payloads
 from shared.settings import get_settings
-from worker.bypass_celery_store_result import store_many
+from worker.fastpaths.store_result import store_many
 from worker.metrics import TaskMetrics
 from worker.model import ServedModel
 
@@ -34,7 +34,7 @@ def _refuse_over(rows: int, limit: int) -> None:
 def register_tasks(app: Celery, model: Callable[[], ServedModel], metrics: TaskMetrics | None = None,
                    strategy: str | None = None) -> None:
     """Register the iris tasks on ``app``; ``model`` returns the model serving now, ``metrics`` counts their runs,
-    and ``strategy`` (worker/bypass_celery_strategy.py, with FAST_PATHS on) runs the API's internal messages.
+    and ``strategy`` (worker/fastpaths/strategy.py, with FAST_PATHS on) runs the API's internal messages.
 
     Each task calls ``model()`` once and predicts all its rows with that object: a live swap (worker/swap.py)
     between two calls would otherwise answer one message with two versions.

@@ -1,6 +1,6 @@
 """The worker's spans: one consumer span per task, the child of the span its message's ``traceparent`` names.
 
-An edge batch's message carries its batch span (api/tracing.py), an async or batch request's message its
+An edge batch's message carries its batch span (api/observability/tracing.py), an async or batch request's message its
 request span, so each task's span joins the trace it was sent from. Connected through Celery's task
 signals only when the OTel environment turns tracing on (shared/tracing.py); otherwise nothing is.
 """

@@ -27,9 +27,9 @@ from celery import Celery, signals
 from celery.worker import state
 from kombu import Exchange, Queue
 
-from shared import kombu_brpop_guard
 from shared.redact import redact
 from shared.settings import Settings
+from shared.transport import brpop
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class ConsumerWatchdog:
     def _salvage(self) -> None:
         """Put back on their queues the tasks Redis already handed to the wedged consumer's unread socket."""
         transport = getattr(getattr(self.consumer, "connection", None), "transport", None)
-        if transport is not None and (count := kombu_brpop_guard.salvage_unread_replies(transport)):
+        if transport is not None and (count := brpop.salvage_unread_replies(transport)):
             log.warning("watchdog: put %d unread task(s) back on the queue before exiting", count)
 
     def _exit(self) -> None:
@@ -187,7 +187,7 @@ def install(app: Celery, settings: Settings) -> None:
         watchdog = ConsumerWatchdog(instance.app, sender, settings)
         instance.app.amqp.queues.select_add(watchdog.queue)
         signals.task_received.connect(watchdog.on_received, weak=False)
-        # Edge batches run past Celery's strategy, which sends no task_received (worker/bypass_celery_strategy.py).
+        # Edge batches run past Celery's strategy, which sends no task_received (worker/fastpaths/strategy.py).
         signals.task_prerun.connect(watchdog.on_received, weak=False)
         # A malformed message the guard dropped (worker/message_guard.py) was received all the same.
         signals.task_rejected.connect(watchdog.on_received, weak=False)

@@ -6,9 +6,9 @@ from flask import Blueprint, Response, request, url_for
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import UnsupportedMediaType
 
-from api.envelope import success
 from api.errors import PayloadTooLarge, ValidationFailed
 from api.extension import service, settings
+from api.web.envelope import success
 from shared.schemas import BatchPayload, ClassifyPayload, format_validation_error
 
 M = TypeVar("M", bound=BaseModel)

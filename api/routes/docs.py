@@ -63,7 +63,7 @@ def _body(body: bytes, content_type: str) -> Response:
 @bp.get("/openapi.json")
 def openapi() -> Response:
     """Serve the OpenAPI description, built once per app."""
-    from api.openapi import spec_json  # here, not at the top: its models cost a server ~50 ms to start
+    from api.openapi.spec import spec_json  # here, not at the top: its models cost a server ~50 ms to start
 
     return _body(spec_json(current_app), "application/json")
 

@@ -2,8 +2,8 @@
 
 from flask import Blueprint, Response
 
-from api.envelope import success
 from api.extension import services
+from api.web.envelope import success
 
 bp = Blueprint("health", __name__)
 

@@ -12,7 +12,7 @@ from werkzeug.exceptions import UnsupportedMediaType
 
 from api.errors import PayloadTooLarge, QueueUnavailable, ValidationFailed
 from api.extension import service, services, settings
-from api.mlflow_inputs import InvalidInput, TooManyRows, parse_invocation
+from api.web.mlflow_inputs import InvalidInput, TooManyRows, parse_invocation
 
 bp = Blueprint("mlflow_scoring", __name__)
 

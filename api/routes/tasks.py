@@ -4,9 +4,9 @@ import uuid
 
 from flask import Blueprint, Response
 
-from api.envelope import success
 from api.errors import NotFound
 from api.extension import service
+from api.web.envelope import success
 
 bp = Blueprint("tasks", __name__, url_prefix="/v1/tasks")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.metrics import ApiMetrics
+from api.observability.metrics import ApiMetrics
 from tests.helpers import SEED_EXAMPLE, WorkerProcess, api_server
 
 REQUESTS = 40

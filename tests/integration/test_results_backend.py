@@ -10,7 +10,7 @@ import redis
 from celery import Celery
 from celery.result import AsyncResult
 
-from api.results_backend import PollingRedisBackend, polling_backend_url
+from api.broker.results_backend import PollingRedisBackend, polling_backend_url
 from tests.conftest import BACKEND_DB, LONELY_BROKER_DB
 
 
@@ -49,5 +49,5 @@ def test_the_api_backend_sends_without_subscribing(redis_base: str) -> None:
 
 def test_only_redis_urls_get_the_polling_backend() -> None:
     assert polling_backend_url("rediss://h:6380/1?ssl_cert_reqs=required").startswith(
-        "api.results_backend:PollingRedisBackend+rediss://h:6380/1")
+        "api.broker.results_backend:PollingRedisBackend+rediss://h:6380/1")
     assert polling_backend_url("db+postgresql://h/db") == "db+postgresql://h/db"

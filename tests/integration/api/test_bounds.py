@@ -2,7 +2,7 @@
 taking anything, a flood of sync, batch and async requests fills the queues to the bound plus a computed slack,
 every later request answers 503 with Retry-After, and used_memory grows by less than the bound allows.
 
-The slack (api/admission.py), for one API process whose requests run in T threads, S of them sync or batch:
+The slack (api/broker/admission.py), for one API process whose requests run in T threads, S of them sync or batch:
 - each sync row or batch request whose wait ends unanswered sends its rows once more on ``iris``: counted, not
   admitted, so those waiting when the bound is reached add up to S messages;
 - a message admitted before a depth reading began but sent after the broker answered it is in neither the reading
@@ -26,7 +26,7 @@ import redis
 from flask import Flask
 
 from api import create_app
-from api.admission import Admission
+from api.broker.admission import Admission
 from tests.helpers import RedisServer, make_settings
 
 pytestmark = pytest.mark.integration

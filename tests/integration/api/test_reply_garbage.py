@@ -1,5 +1,5 @@
 """Garbage published on the API's reply channels loses no worker's reply: the listener skips and counts each
-malformed message and keeps its subscription, so sync requests keep their latency (api/replies.py)."""
+malformed message and keeps its subscription, so sync requests keep their latency (api/batching/replies.py)."""
 
 import http.client
 import json

@@ -6,11 +6,11 @@ from typing import Any, cast
 import redis
 from celery import Celery
 
-from api.admission import Admission
-from api.batcher import EdgeBatcher, Pending
-from api.circuit import Circuit
-from api.publisher import EdgePublisher
-from api.replies import ReplyListener
+from api.batching.batcher import EdgeBatcher, Pending
+from api.batching.publisher import EdgePublisher
+from api.batching.replies import ReplyListener
+from api.broker.admission import Admission
+from api.broker.circuit import Circuit
 from api.service import ClassifyService
 from shared.settings import Settings
 

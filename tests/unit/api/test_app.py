@@ -58,7 +58,7 @@ def test_the_entry_points_refuse_unusable_keys_with_one_line_before_serving(
         raise AssertionError("the server was built despite unusable keys")
 
     monkeypatch.setattr(granian_entry, "Server", no_server)
-    monkeypatch.setattr("api.metrics_dir.prepare", no_server)
+    monkeypatch.setattr("api.observability.multiprocess_dir.prepare", no_server)
     monkeypatch.setenv("API_KEYS", "first-key-0123456789, a key with spaces")
     monkeypatch.delenv("API_KEYS_FILE", raising=False)
     get_settings.cache_clear()

@@ -3,8 +3,8 @@
 import pytest
 
 from api import create_app
+from api.broker.results_backend import PollingRedisBackend
 from api.extension import KEY
-from api.results_backend import PollingRedisBackend
 from shared.settings import Settings
 
 BROKER, BACKEND = "redis://127.0.0.1:1/0", "redis://127.0.0.1:1/1"

@@ -9,7 +9,7 @@ from celery import states
 from kombu.exceptions import OperationalError
 
 from api import create_app
-from api.batcher import EdgeBatcher, PublishFailed, TaskError
+from api.batching.batcher import EdgeBatcher, PublishFailed, TaskError
 from api.errors import QueueFull, QueueUnavailable, TaskFailed, TimedOut
 from shared import tasks
 from shared.celery_app import create_celery

@@ -17,12 +17,13 @@ from celery.worker.consumer import consumer as celery_consumer
 from kombu.exceptions import ContentDisallowed
 from kombu.message import Message
 
-from shared import kombu_brpop_guard
 from shared import tasks as names
-from shared.bypass_kombu_basic_ack import TRANSPORT as FAST_TRANSPORT
 from shared.errors import PayloadValidationError
 from shared.settings import Settings
-from worker import bypass_celery_strategy, message_guard
+from shared.transport import brpop
+from shared.transport.no_ack import TRANSPORT as FAST_TRANSPORT
+from worker import message_guard
+from worker.fastpaths import strategy as fast_strategy
 from worker.message_guard import (
     REASONS,
     Consumer,
@@ -83,8 +84,8 @@ def rejected_signals() -> Iterator[list[Any]]:
 
 
 def test_every_reason_is_documented_and_the_transports_are_among_them() -> None:
-    transport = {kombu_brpop_guard.NOT_JSON, kombu_brpop_guard.NOT_A_MESSAGE, kombu_brpop_guard.BAD_HEADERS,
-                 kombu_brpop_guard.BAD_CONTENT, kombu_brpop_guard.TOO_LARGE}
+    transport = {brpop.NOT_JSON, brpop.NOT_A_MESSAGE, brpop.BAD_HEADERS,
+                 brpop.BAD_CONTENT, brpop.TOO_LARGE}
     assert transport <= set(REASONS) and all(REASONS.values())
 
 
@@ -212,11 +213,11 @@ def test_a_good_message_reaches_the_strategy_decoded_once_and_is_not_acknowledge
         monkeypatch: pytest.MonkeyPatch) -> None:
     good = message()
     decodes: list[Any] = []
-    real = bypass_celery_strategy.orjson.loads
-    monkeypatch.setattr(bypass_celery_strategy.orjson, "loads", lambda body: decodes.append(body) or real(body))
+    real = fast_strategy.orjson.loads
+    monkeypatch.setattr(fast_strategy.orjson, "loads", lambda body: decodes.append(body) or real(body))
     reached, acked = run_guard(good)
     assert reached == [[[[ROW], ["row-1"], "r"], {}, {}]] and acked == []
-    assert bypass_celery_strategy.decode(good) is reached[0] and len(decodes) == 1  # the strategy reads the cache
+    assert fast_strategy.decode(good) is reached[0] and len(decodes) == 1  # the strategy reads the cache
 
 
 def test_with_fast_paths_off_the_guard_decodes_with_kombu() -> None:
@@ -289,7 +290,7 @@ def test_a_body_over_the_limit_is_refused_before_it_is_decoded(monkeypatch: pyte
     def no_decoding(message: Any) -> Any:
         raise AssertionError("decoded")
 
-    monkeypatch.setattr(bypass_celery_strategy, "decode", no_decoding)
+    monkeypatch.setattr(fast_strategy, "decode", no_decoding)
     the_desk = desk()
     big = message([[[ROW] * 200, ["a"] * 200, "r"], {}, {}])  # 2048 bytes allowed
     reached, _ = run_guard(big, the_desk=the_desk)
@@ -380,7 +381,7 @@ def installed() -> Iterator[tuple[Desk, Backend]]:
     the_desk = message_guard.install(app, Settings(batch_max_rows=10, batch_max_size=4))
     the_desk.app = SimpleNamespace(backend=backend)  # type: ignore[assignment]
     yield the_desk, backend
-    kombu_brpop_guard.listen(None)
+    brpop.listen(None)
     message_guard._desk = None
 
 
@@ -447,7 +448,7 @@ def test_install_sets_the_consumer_the_transport_limit_and_the_listener(installe
     assert app.conf.worker_consumer == "worker.message_guard:Consumer"
     assert app.conf.broker_transport_options == {"visibility_timeout": 120,
                                                  "max_message_bytes": installed_desk.limits.message_bytes}
-    assert kombu_brpop_guard._listener == installed_desk.dropped
+    assert brpop._listener == installed_desk.dropped
 
 
 def test_install_leaves_other_brokers_transport_options_alone() -> None:
@@ -456,5 +457,5 @@ def test_install_leaves_other_brokers_transport_options_alone() -> None:
         message_guard.install(app, Settings())
         assert "max_message_bytes" not in (app.conf.broker_transport_options or {})
     finally:
-        kombu_brpop_guard.listen(None)
+        brpop.listen(None)
         message_guard._desk = None
