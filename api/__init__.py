@@ -14,13 +14,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     from api import extension
     from api.observability import metrics, tracing
     from api.routes import classify, demo, docs, health, mlflow_scoring, tasks
-    from api.web import auth, error_handlers
+    from api.web import auth, envelope, error_handlers
     from api.web.access_log import AccessLogMiddleware
     from api.web.request_id import RequestIdMiddleware
 
     settings = settings or get_settings()
     keys = auth.load_keys(settings)  # first: set but unusable keys stop the app before anything else is built
     app = Flask(__name__, static_folder=None)
+    app.config[envelope.TAG] = settings.tag  # every envelope's "version"
     # One spelling per route: /v1//classify is a 404 in the envelope, not werkzeug's HTML 308 to a URL built
     # from the Host header.
     app.url_map.merge_slashes = False

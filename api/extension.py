@@ -47,17 +47,13 @@ def init_app(app: Flask, settings: Settings) -> Services:
     # (api/broker/admission.py).
     admission = Admission(celery, (settings.iris_queue, settings.rows_queue), settings.queue_max_length, circuit,
                           fast=settings.fast_paths, max_bytes=int(settings.queue_max_mb * 1e6))
-    # The listener hands answers to the batcher, and the publisher names the listener's channel: one
-    # reply channel per API process, started in that process on its first request.
-    service: ClassifyService
-    batcher: EdgeBatcher
+    # Build every object first (each reply channel and publish connection opens in its process, on its first
+    # request), then connect the two that answer back: a reply goes to the service, a lost batch to the batcher.
     replies = ReplyListener(settings.celery_result_backend, settings.key_prefix,
-                            on_reply=lambda ids, results_, error: service.deliver(ids, results_, error),
                             max_bytes=max_reply_bytes(settings.batch_max_size, settings.batch_max_rows),
                             on_reject=metrics.count_rejected_replies(app, settings))
     publisher = EdgePublisher(celery, rows_queue(settings), replies.ensure_started, circuit, settings.fast_paths,
-                              hold_seconds=settings.row_result_hold_seconds, marks=settings.issued_prefix,
-                              lost=lambda task_ids, error: batcher.fail(task_ids, error))
+                              hold_seconds=settings.row_result_hold_seconds, marks=settings.issued_prefix)
     publish = metrics.observe_batches(app, settings, publisher)  # iris_batch_size (METRICS=false: as is)
     # With tracing on, each batch publishes inside a span linked to its rows' requests; off: publish as is.
     # Outermost: it alone takes the rows' trace contexts, as a fourth argument, and passes the three on.
@@ -66,6 +62,8 @@ def init_app(app: Flask, settings: Settings) -> Services:
                           settings.batch_max_in_flight, reply_timeout=min(settings.sync_timeout_seconds, 2.0),
                           trace=trace)
     service = ClassifyService(settings, celery, batcher, publisher, replies, admission, circuit, results)
+    replies.connect(service.deliver)
+    publisher.connect(lost=batcher.fail)
     services = Services(
         settings=settings,
         celery=celery,

@@ -60,6 +60,10 @@ class EdgePublisher:
         self._unread: tuple[Any, list[str], float] | None = None
         self._settler_pid: int | None = None
 
+
+    def connect(self, lost: Callable[[list[str], Exception], None]) -> None:
+        """Report the rows of a batch whose publish failed twice to ``lost`` (the batcher, built after this)."""
+        self._lost = lost
     def __call__(self, rows: list[list[float]], task_ids: list[str], request_ids: list[str | None]) -> None:
         """Send one edge batch; raise when the broker is unreachable (the batcher fails its rows)."""
         self._send(tasks.CLASSIFY_ROWS, [rows, task_ids, self._reply_to()], len(rows),

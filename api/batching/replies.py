@@ -69,7 +69,8 @@ def parse_reply(data: Any, max_bytes: int = MAX_REPLY_BYTES) -> tuple[list[str],
 class ReplyListener:
     """One subscriber thread per process on a channel named for it; it resubscribes after Redis comes back."""
 
-    def __init__(self, redis_url: str, channel_prefix: str, on_reply: OnReply, max_bytes: int = MAX_REPLY_BYTES,
+    def __init__(self, redis_url: str, channel_prefix: str, on_reply: OnReply | None = None,
+                 max_bytes: int = MAX_REPLY_BYTES,
                  on_reject: Callable[[], None] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._redis_url = redis_url
         self._channel_prefix = channel_prefix
@@ -83,6 +84,10 @@ class ReplyListener:
         self.rejected = 0  # messages skipped by this process (written by the listener thread only)
         self._unreported = 0
         self._reported_at = -REPORT_SECONDS
+
+    def connect(self, on_reply: OnReply) -> None:
+        """Hand every reply to ``on_reply`` (the service, built after this listener)."""
+        self._on_reply = on_reply
 
     def ensure_started(self) -> str:
         """Start listening in this process (after the server forks, never before); return the channel name."""
@@ -111,6 +116,8 @@ class ReplyListener:
             self._reject(str(exc), len(data) if isinstance(data, bytes) else 0)
             return
         try:
+            if self._on_reply is None:
+                raise RuntimeError("the reply listener was started before connect()")
             self._on_reply(ids, results, error)
         except Exception as exc:
             # Broad on purpose: whatever one reply breaks must not end the subscription, which would lose every

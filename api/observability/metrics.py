@@ -17,7 +17,7 @@ import time
 from collections import Counter as Tally
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from flask import Flask, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -26,12 +26,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from api.batching.batcher import Publisher
+from api.broker.admission import Admission
+from api.broker.circuit import Circuit
+from api.broker.readiness import Readiness
 from api.observability.multiprocess_dir import ENV
 from api.observability.observe_many import observe_many
 from shared.settings import Settings
-
-if TYPE_CHECKING:
-    from api.extension import Services
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +123,24 @@ class ApiMetrics:
                 log.warning("metrics: cannot record request figures: %s", exc)
 
 
+class BrokerState(Protocol):
+    """What the state collector reads: api.extension.Services has these, and tests pass stand-ins."""
+
+    @property
+    def circuit(self) -> Circuit: ...
+
+    @property
+    def admission(self) -> Admission: ...
+
+    @property
+    def readiness(self) -> Readiness: ...
+
+
 class StateCollector(Collector):
     """iris_queue_depth, iris_queue_messages and iris_model_info, read at scrape time from what the API's services
     already hold."""
 
-    def __init__(self, services: "Services") -> None:
+    def __init__(self, services: BrokerState) -> None:
         self._services = services
 
     def collect(self) -> Iterator[Metric]:
@@ -232,7 +245,7 @@ def count_rejected_replies(app: Flask, settings: Settings) -> Callable[[], None]
     return metrics.rejected_replies.inc if metrics is not None else None
 
 
-def init_app(app: Flask, settings: Settings, services: "Services") -> None:
+def init_app(app: Flask, settings: Settings, services: BrokerState) -> None:
     """Count every answer by endpoint and status (the envelopes of handlers.py included) and serve GET /metrics."""
     metrics = for_app(app, settings)
     if metrics is None:

@@ -3,9 +3,9 @@
 from typing import Any
 
 import orjson
-from flask import Response
+from flask import Response, current_app
 
-from api.extension import settings
+TAG = "IRIS_VERSION_TAG"  # app.config key: create_app sets it from the TAG setting
 
 
 def _respond(body: dict[str, Any], status: int, headers: dict[str, str] | None) -> Response:
@@ -15,7 +15,7 @@ def _respond(body: dict[str, Any], status: int, headers: dict[str, str] | None) 
 
 def success(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """Answer ``{"message": "success", "data": ..., "error": null, "version": TAG}``."""
-    body = {"message": "success", "data": data, "error": None, "version": settings().tag}
+    body = {"message": "success", "data": data, "error": None, "version": current_app.config[TAG]}
     return _respond(body, status, headers)
 
 
@@ -23,5 +23,5 @@ def failure(status: int, raised: str, raised_on: str, message: str, data: Any = 
             headers: dict[str, str] | None = None) -> Response:
     """Answer the seed's error envelope; ``code`` is the HTTP status as a string."""
     error = {"raised": raised, "raisedOn": raised_on, "message": message, "code": str(status)}
-    body = {"message": "failed", "data": data, "error": error, "version": settings().tag}
+    body = {"message": "failed", "data": data, "error": error, "version": current_app.config[TAG]}
     return _respond(body, status, headers)
