@@ -86,8 +86,3 @@ def logging_config(level: str, loggers: dict[str, dict[str, Any]] | None = None)
         # The access log is off unless ACCESS_LOG is set; when it is, its lines pass whatever LOGLEVEL says.
         "loggers": {ACCESS_LOGGER: {"level": "INFO"}, **(loggers or {})},
     }
-
-
-def setup_logging(level: str, loggers: dict[str, dict[str, Any]] | None = None) -> None:
-    """Send this process's log records to stderr as JSON lines (call once, from an entry point)."""
-    logging.config.dictConfig(logging_config(level, loggers))

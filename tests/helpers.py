@@ -348,3 +348,11 @@ def next_reply(pubsub: Any, timeout: float) -> Any:
         if message:
             return json.loads(message["data"])
     return None
+
+
+def load_champion(settings: Settings) -> Any:
+    """Load the version the champion alias names, as a worker does (worker.model.Registry), and warm it."""
+    from worker.model import Registry
+
+    registry = Registry(settings)
+    return registry.load(registry.resolve())

@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 import warnings
@@ -290,12 +289,6 @@ def load_skops_file(path: Path) -> Any:
     return skops.io.load(path, trusted=sorted(SKOPS_ALLOWED_TYPES))
 
 
-def load_skops_model(model_dir: Path) -> Any:
-    """Load the estimator of a version downloaded to ``model_dir`` without unpickling or trusting the version's
-    own metadata; raise ModelLoadError if it is not a skops file of allowed types."""
-    return load_skops_file(model_dir / skops_file(model_dir))
-
-
 class Registry:
     """The MLflow registry as a worker uses it: resolve the alias to a version, and load one pinned version."""
 
@@ -347,12 +340,3 @@ class Registry:
             return ready_model(estimator, name, str(version), str(run_id))
         except Exception as exc:  # the registry, the artifact store, skops and the model itself raise many types
             raise self._error(uri, exc) from exc
-
-
-def load_served_model(settings: Settings) -> ServedModel:
-    """Resolve the alias to one registry version, load it as a worker does and warm it (tests and scripts use this)."""
-    registry = Registry(settings)
-    model = registry.load(registry.resolve())
-    print(f"iris worker: serving {settings.iris_model_name} version {model.version} "
-          f"(run {model.run_id}) from {redact_url(settings.mlflow_tracking_uri)}", file=sys.stderr, flush=True)
-    return model

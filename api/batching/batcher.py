@@ -128,13 +128,6 @@ class EdgeBatcher:
             self._send(batch)
         return pending
 
-    def enqueue(self, row: list[float], request_id: str | None = None) -> Pending:
-        """Queue one row without sending it or starting the flusher (tests drive :meth:`flush_once`)."""
-        pending = self._pending(row, request_id)
-        with self._cond:
-            self._rows.append(pending)
-        return pending
-
     def _pending(self, row: list[float], request_id: str | None) -> Pending:
         pending = Pending(row, request_id, self._clock())
         if self._trace is not None:

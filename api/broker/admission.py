@@ -54,11 +54,6 @@ class Admission:
         self._counting = threading.Lock()
         self._admitted = 0  # messages admitted (or resent) by this process since the last reading began
 
-    @property
-    def last_depth(self) -> int:
-        """Return the depth last read, all queues together (0 before the first reading)."""
-        return sum(self._last[1]) if self._last is not None else 0
-
     def admit(self) -> None:
         """Raise QueueUnavailable while Redis is down and QueueFull once QUEUE_MAX_LENGTH messages wait; else
         count one more message."""

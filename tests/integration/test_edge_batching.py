@@ -10,8 +10,7 @@ import pytest
 from sklearn.datasets import load_iris
 
 from shared.schemas import FEATURES
-from tests.helpers import WorkerProcess, api_server, make_settings
-from worker.model import load_served_model
+from tests.helpers import WorkerProcess, api_server, load_champion, make_settings
 
 
 @pytest.fixture
@@ -36,7 +35,7 @@ def test_2000_concurrent_distinct_requests_each_get_their_own_correct_answer(
     rows = np.round(base[rng.integers(0, len(base), 2000)] + rng.uniform(0.01, 0.3, (2000, 4)), 6)
     assert len({tuple(r) for r in rows}) == 2000
     bodies = [dict(zip(FEATURES, map(float, r), strict=True)) for r in rows]
-    expected = load_served_model(make_settings(stack_env)).predict_rows(rows)
+    expected = load_champion(make_settings(stack_env)).predict_rows(rows)
 
     with ThreadPoolExecutor(max_workers=64) as pool:
         answers = list(pool.map(lambda b: post(f"{api_url}/v1/classify", b), bodies))

@@ -13,8 +13,8 @@ from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 from sklearn.datasets import load_iris
 
 from shared.schemas import FEATURES
-from tests.helpers import WorkerProcess, api_server, make_settings
-from worker.model import ServedModel, load_served_model
+from tests.helpers import WorkerProcess, api_server, load_champion, make_settings
+from worker.model import ServedModel
 
 # Two rows of each species, so that a label mix-up between rows cannot pass unseen.
 PICKS = [0, 25, 50, 75, 100, 125]
@@ -29,7 +29,7 @@ def api_port(stack_env: dict[str, str], worker: WorkerProcess) -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def model(stack_env: dict[str, str]) -> ServedModel:
-    return load_served_model(make_settings(stack_env))
+    return load_champion(make_settings(stack_env))
 
 
 @pytest.fixture(scope="module")

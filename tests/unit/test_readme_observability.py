@@ -5,9 +5,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from prometheus_client import CollectorRegistry
-from tests.unit.api.observability.test_metrics import fake_services
 
 from api.observability.metrics import ApiMetrics, StateCollector
+from tests.unit.api.observability.test_metrics import fake_services
 from worker.metrics import RejectionCollector, SwapCollector, TaskMetrics
 from worker.swap import ModelSwapper
 

@@ -6,15 +6,15 @@ import pytest
 from sklearn.datasets import load_iris
 
 from shared.schemas import FEATURES
-from tests.helpers import SEED_EXAMPLE, make_settings
-from worker.model import ModelLoadError, ServedModel, load_served_model, numpy_predict_proba
+from tests.helpers import SEED_EXAMPLE, load_champion, make_settings
+from worker.model import ModelLoadError, ServedModel, numpy_predict_proba
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def served(mlflow_store: str) -> ServedModel:
-    return load_served_model(make_settings({"MLFLOW_TRACKING_URI": mlflow_store}))
+    return load_champion(make_settings({"MLFLOW_TRACKING_URI": mlflow_store}))
 
 
 def test_predictions_equal_mlflow_pyfunc_on_the_whole_iris_data_set(served: ServedModel, mlflow_store: str) -> None:
@@ -51,7 +51,7 @@ def test_identity_comes_from_the_registry(served: ServedModel) -> None:
 def test_a_missing_champion_is_a_one_line_load_error(tmp_path: object) -> None:
     settings = make_settings({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/empty.db"})
     with pytest.raises(ModelLoadError, match=r"cannot load models:/iris-classifier@champion") as info:
-        load_served_model(settings)
+        load_champion(settings)
     assert "\n" not in str(info.value)
 
 

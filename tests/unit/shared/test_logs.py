@@ -60,9 +60,10 @@ def test_exceptions_are_logged_on_one_line_with_their_trace() -> None:
     assert "\n" not in text and "ValueError: boom" in json.loads(text)["exc_info"]
 
 
-def test_setup_logging_sends_json_lines_from_every_logger_at_the_level_given() -> None:
+def test_the_logging_config_sends_json_lines_from_every_logger_at_the_level_given() -> None:
     # In a fresh interpreter: dictConfig replaces the process's handlers, pytest's included.
-    code = ("import logging; from shared.logs import setup_logging; setup_logging('warning'); "
+    code = ("import logging; import logging.config as c; from shared.logs import logging_config as j; "
+            "c.dictConfig(j('warning')); "
             "logging.getLogger('anything').info('dropped'); logging.getLogger('anything').warning('kept')")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           check=True)
@@ -87,7 +88,8 @@ def test_a_password_in_a_url_never_reaches_a_line_message_exception_or_field() -
 
 
 def test_the_entry_points_handler_redacts_what_any_library_logs() -> None:
-    code = ("import logging; from shared.logs import setup_logging; setup_logging('info'); "
+    code = ("import logging; import logging.config as c; from shared.logs import logging_config as j; "
+            "c.dictConfig(j('info')); "
             "logging.getLogger('celery.worker.consumer').error('Cannot connect to %s', 'amqp://u:s3cr3t@mq//')")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           check=True)

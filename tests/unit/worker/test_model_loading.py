@@ -32,9 +32,16 @@ from worker.model import (
     SKOPS_ALLOWED_TYPES,
     ModelLoadError,
     Registry,
-    load_skops_model,
+    load_skops_file,
     ready_model,
+    skops_file,
 )
+
+
+def load_skops_dir(model_dir: Path) -> Any:
+    """Load the skops file a version's MLmodel names, as Registry.load does after downloading both."""
+    return load_skops_file(model_dir / skops_file(model_dir))
+
 
 REQUIREMENTS = ["scikit-learn", "skops"]  # explicit: MLflow would otherwise infer them in a subprocess
 
@@ -96,7 +103,7 @@ SKLEARN_MLMODEL = """flavors:
 
 def test_the_pipeline_training_saves_loads_and_answers_as_it_was_fitted(tmp_path: Path) -> None:
     pipeline = trained_pipeline()
-    estimator = load_skops_model(save(pipeline, tmp_path / "model"))
+    estimator = load_skops_dir(save(pipeline, tmp_path / "model"))
     frame, _ = iris()
     np.testing.assert_array_equal(estimator.predict_proba(frame), pipeline.predict_proba(frame))
     served = ready_model(estimator, "iris-classifier", "1", "run")
@@ -117,7 +124,7 @@ def test_a_pickled_version_is_refused_and_never_unpickled(tmp_path: Path, serial
     marker = tmp_path / "ran"
     model_dir = save(UnpickleTrap(marker), tmp_path / "model", serialization_format)
     with pytest.raises(ModelLoadError, match=f"saved as '{serialization_format}'.*never unpickle"):
-        load_skops_model(model_dir)
+        load_skops_dir(model_dir)
     assert not marker.exists()
 
 
@@ -138,7 +145,7 @@ def test_a_class_the_mlmodel_declares_trusted_is_refused_before_skops_builds_it(
     marker.unlink()
     assert type_name(SkopsTrap) in (model_dir / "MLmodel").read_text()
     with pytest.raises(ModelLoadError, match=re.escape(f"allowlist does not hold: '{type_name(SkopsTrap)}'")):
-        load_skops_model(model_dir)
+        load_skops_dir(model_dir)
     assert not marker.exists()
 
 
@@ -146,7 +153,7 @@ def test_a_function_the_mlmodel_declares_trusted_is_refused(tmp_path: Path) -> N
     pipeline = Pipeline([("f", FunctionTransformer(func=os.system)), ("clf", LogisticRegression())])
     model_dir = save(pipeline, tmp_path / "model", skops_trusted_types=[type_name(os.system)])
     with pytest.raises(ModelLoadError, match="allowlist does not hold") as info:
-        load_skops_model(model_dir)
+        load_skops_dir(model_dir)
     assert type_name(os.system) in str(info.value)
     assert "sklearn.preprocessing._function_transformer.FunctionTransformer" in str(info.value)
 
@@ -158,7 +165,7 @@ def test_an_estimator_skops_trusts_by_default_is_refused_when_off_the_allowlist(
     # skops alone would load it: it trusts every scikit-learn estimator and adds the declared types.
     assert skops.io.get_untrusted_types(file=model_dir / "model.skops") == ["sklearn.tree._tree.Tree"]
     with pytest.raises(ModelLoadError, match=re.escape("sklearn.ensemble._forest.RandomForestClassifier")):
-        load_skops_model(model_dir)
+        load_skops_dir(model_dir)
 
 
 def test_a_node_kind_that_imports_more_than_its_type_is_refused_whatever_type_it_names(tmp_path: Path) -> None:
@@ -169,13 +176,13 @@ def test_a_node_kind_that_imports_more_than_its_type_is_refused_whatever_type_it
     model_dir = write_model_dir(tmp_path / "model", SKLEARN_MLMODEL.format(name="model.skops", format="skops"),
                                 {"model.skops": skops_bytes(method)})
     with pytest.raises(ModelLoadError, match="'MethodNode node'"):
-        load_skops_model(model_dir)
+        load_skops_dir(model_dir)
 
 
 def test_a_pyfunc_only_version_is_refused_for_its_missing_sklearn_flavour(tmp_path: Path) -> None:
     mlmodel = "flavors:\n  python_function:\n    loader_module: mlflow.pyfunc.model\n    python_model: model.pkl\n"
     with pytest.raises(ModelLoadError, match=r"no sklearn flavour \(flavours: python_function\)"):
-        load_skops_model(write_model_dir(tmp_path / "model", mlmodel))
+        load_skops_dir(write_model_dir(tmp_path / "model", mlmodel))
 
 
 @pytest.mark.parametrize(("mlmodel", "reason"), [
@@ -188,14 +195,14 @@ def test_a_pyfunc_only_version_is_refused_for_its_missing_sklearn_flavour(tmp_pa
 ])
 def test_an_mlmodel_the_worker_cannot_trust_is_refused(tmp_path: Path, mlmodel: str, reason: str) -> None:
     with pytest.raises(ModelLoadError, match=reason):
-        load_skops_model(write_model_dir(tmp_path / "model", mlmodel))
+        load_skops_dir(write_model_dir(tmp_path / "model", mlmodel))
 
 
 def test_an_mlmodel_is_read_as_data_and_its_yaml_tags_run_nothing(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     mlmodel = f"flavors: !!python/object/apply:os.system ['touch {marker}']\n"
     with pytest.raises(ModelLoadError, match="MLmodel file cannot be read: ConstructorError"):
-        load_skops_model(write_model_dir(tmp_path / "model", mlmodel))
+        load_skops_dir(write_model_dir(tmp_path / "model", mlmodel))
     assert not marker.exists()
 
 

@@ -6,6 +6,7 @@ import time
 import pytest
 
 from api.batching.batcher import EdgeBatcher, Pending, PublishFailed, TaskError
+from tests.unit.api.batching.queue_rows import queue_row
 
 # A wait no test may sit out: were the fake clock ignored, flush_once would block this long on a slot.
 LONG_WAIT_MS = 60_000.0
@@ -66,7 +67,7 @@ def past_wait(clock: FakeClock, oldest: Pending) -> None:
 def test_more_rows_than_max_size_split_into_batches_of_max_size(publisher: FakePublisher, clock: FakeClock) -> None:
     batcher = make(publisher, clock, max_size=2, max_in_flight=10)
     rows = [[float(i)] * 4 for i in range(5)]
-    pendings = [batcher.enqueue(row, f"req-{i}") for i, row in enumerate(rows)]
+    pendings = [queue_row(batcher, row, f"req-{i}") for i, row in enumerate(rows)]
     for _ in range(3):
         batcher.flush_once()
     assert [batch[0] for batch in publisher.batches] == [rows[0:2], rows[2:4], rows[4:5]]
@@ -77,7 +78,7 @@ def test_more_rows_than_max_size_split_into_batches_of_max_size(publisher: FakeP
 def test_a_batch_takes_every_row_waiting_up_to_max_size(publisher: FakePublisher, clock: FakeClock) -> None:
     batcher = make(publisher, clock, max_size=8)
     for i in range(3):
-        batcher.enqueue([float(i)])
+        queue_row(batcher, [float(i)])
     assert len(batcher.flush_once()) == 3
     assert len(publisher.batches) == 1
 
@@ -85,10 +86,10 @@ def test_a_batch_takes_every_row_waiting_up_to_max_size(publisher: FakePublisher
 def test_with_every_slot_taken_a_batch_goes_once_its_oldest_row_waited_max_wait(
         publisher: FakePublisher, clock: FakeClock) -> None:
     batcher = make(publisher, clock, max_in_flight=1)
-    first = batcher.enqueue([1.0])
+    first = queue_row(batcher, [1.0])
     batcher.flush_once()
     assert slots_held(batcher) == {first.task_id}
-    second = batcher.enqueue([2.0])
+    second = queue_row(batcher, [2.0])
     past_wait(clock, second)
     started = time.monotonic()
     batcher.flush_once()
@@ -99,9 +100,9 @@ def test_with_every_slot_taken_a_batch_goes_once_its_oldest_row_waited_max_wait(
 
 def test_a_batch_sent_without_a_slot_does_not_take_one(publisher: FakePublisher, clock: FakeClock) -> None:
     batcher = make(publisher, clock, max_in_flight=1)
-    first = batcher.enqueue([1.0])
+    first = queue_row(batcher, [1.0])
     batcher.flush_once()
-    second = batcher.enqueue([2.0])
+    second = queue_row(batcher, [2.0])
     past_wait(clock, second)
     batcher.flush_once()
     assert slots_held(batcher) == {first.task_id}
@@ -111,11 +112,11 @@ def test_a_batch_sent_without_a_slot_does_not_take_one(publisher: FakePublisher,
 
 def test_delivering_a_batch_frees_its_slot_for_the_next_batch(publisher: FakePublisher, clock: FakeClock) -> None:
     batcher = make(publisher, clock, max_in_flight=1)
-    first = batcher.enqueue([1.0])
+    first = queue_row(batcher, [1.0])
     batcher.flush_once()
     batcher.deliver([first.task_id], [{"label": "a"}])
     assert slots_held(batcher) == set()
-    second = batcher.enqueue([2.0])
+    second = queue_row(batcher, [2.0])
     past_wait(clock, second)  # a slot acquire that cannot block: it must find the freed slot at once
     batcher.flush_once()
     assert slots_held(batcher) == {second.task_id}
@@ -124,10 +125,10 @@ def test_delivering_a_batch_frees_its_slot_for_the_next_batch(publisher: FakePub
 def test_a_batch_whose_answer_never_came_frees_its_slot_after_reply_timeout(
         publisher: FakePublisher, clock: FakeClock) -> None:
     batcher = make(publisher, clock, max_wait_ms=100, max_in_flight=1, reply_timeout=2.0)
-    lost = batcher.enqueue([1.0])
+    lost = queue_row(batcher, [1.0])
     batcher.flush_once()
     clock.now += 2.5
-    later = batcher.enqueue([2.0])
+    later = queue_row(batcher, [2.0])
     clock.now += 0.2  # past later's wait: the acquire cannot block
     batcher.flush_once()
     assert slots_held(batcher) == {later.task_id}
@@ -136,10 +137,10 @@ def test_a_batch_whose_answer_never_came_frees_its_slot_after_reply_timeout(
 
 def test_a_slot_is_not_expired_before_reply_timeout(publisher: FakePublisher, clock: FakeClock) -> None:
     batcher = make(publisher, clock, max_wait_ms=100, max_in_flight=1, reply_timeout=2.0)
-    slow = batcher.enqueue([1.0])
+    slow = queue_row(batcher, [1.0])
     batcher.flush_once()
     clock.now += 1.5
-    batcher.enqueue([2.0])
+    queue_row(batcher, [2.0])
     clock.now += 0.2
     batcher.flush_once()
     assert slots_held(batcher) == {slow.task_id}
@@ -149,14 +150,14 @@ def test_a_failed_publish_fails_all_its_rows_at_once_and_frees_the_slot(
         publisher: FakePublisher, clock: FakeClock) -> None:
     batcher = make(publisher, clock, max_in_flight=1)
     publisher.fail = ConnectionError("Redis refused")
-    pendings = [batcher.enqueue([float(i)]) for i in range(3)]
+    pendings = [queue_row(batcher, [float(i)]) for i in range(3)]
     batcher.flush_once()
     for pending in pendings:
         assert pending.wait(0)
         assert isinstance(pending.error, PublishFailed) and "Redis refused" in str(pending.error)
     assert slots_held(batcher) == set()
     publisher.fail = None
-    retry = batcher.enqueue([9.0])
+    retry = queue_row(batcher, [9.0])
     past_wait(clock, retry)
     batcher.flush_once()
     assert slots_held(batcher) == {retry.task_id}
@@ -165,7 +166,7 @@ def test_a_failed_publish_fails_all_its_rows_at_once_and_frees_the_slot(
 def test_a_failed_publish_leaves_no_row_for_a_late_answer(publisher: FakePublisher, clock: FakeClock) -> None:
     batcher = make(publisher, clock)
     publisher.fail = ConnectionError("dropped")
-    pending = batcher.enqueue([1.0])
+    pending = queue_row(batcher, [1.0])
     batcher.flush_once()
     batcher.deliver([pending.task_id], [{"label": "late"}])
     assert isinstance(pending.error, PublishFailed) and pending.result is None
@@ -174,9 +175,9 @@ def test_a_failed_publish_leaves_no_row_for_a_late_answer(publisher: FakePublish
 def test_a_batch_refused_after_publish_returned_fails_its_rows_and_frees_the_slot(
         publisher: FakePublisher, clock: FakeClock) -> None:
     batcher = make(publisher, clock, max_in_flight=1)
-    pendings = [batcher.enqueue([float(i)]) for i in range(2)]
+    pendings = [queue_row(batcher, [float(i)]) for i in range(2)]
     batcher.flush_once()
-    other = batcher.enqueue([9.0])
+    other = queue_row(batcher, [9.0])
     batcher.fail([p.task_id for p in pendings], ConnectionError("OOM command not allowed"))
     for pending in pendings:
         assert pending.wait(0)
@@ -189,7 +190,7 @@ def test_a_batch_refused_after_publish_returned_fails_its_rows_and_frees_the_slo
 
 def test_deliver_resolves_each_row_with_its_own_result_in_order(publisher: FakePublisher, clock: FakeClock) -> None:
     batcher = make(publisher, clock)
-    pendings = [batcher.enqueue([float(i)]) for i in range(3)]
+    pendings = [queue_row(batcher, [float(i)]) for i in range(3)]
     batcher.flush_once()
     results = [{"label": f"class-{i}"} for i in range(3)]
     batcher.deliver([p.task_id for p in pendings], results)
@@ -199,7 +200,7 @@ def test_deliver_resolves_each_row_with_its_own_result_in_order(publisher: FakeP
 
 def test_deliver_routes_a_task_error_to_every_row(publisher: FakePublisher, clock: FakeClock) -> None:
     batcher = make(publisher, clock)
-    pendings = [batcher.enqueue([float(i)]) for i in range(2)]
+    pendings = [queue_row(batcher, [float(i)]) for i in range(2)]
     batcher.flush_once()
     error = TaskError("ValueError", "bad row")
     batcher.deliver([p.task_id for p in pendings], None, error)
@@ -209,7 +210,7 @@ def test_deliver_routes_a_task_error_to_every_row(publisher: FakePublisher, cloc
 
 def test_forget_stops_a_late_answer_reaching_the_request(publisher: FakePublisher, clock: FakeClock) -> None:
     batcher = make(publisher, clock)
-    pending = batcher.enqueue([1.0])
+    pending = queue_row(batcher, [1.0])
     batcher.flush_once()
     batcher.forget(pending)
     batcher.deliver([pending.task_id], [{"label": "late"}])

@@ -24,6 +24,7 @@ from api.observability.tracing import BATCH_SPAN
 from shared import tasks
 from shared import tracing as shared_tracing
 from shared.settings import Settings
+from tests.unit.api.batching.queue_rows import queue_row
 
 DOWN = "redis://127.0.0.1:1/0"
 ROW = [5.1, 3.5, 1.4, 0.2]
@@ -91,7 +92,7 @@ def test_an_edge_batch_span_links_to_every_rows_request_span_and_travels_in_the_
     for request_id in ("req-1", "req-2"):  # two requests, each waiting for its row's answer
         span = tracer.start_span(f"POST /v1/classify {request_id}", kind=SpanKind.SERVER)
         with use_span(span):
-            batcher.enqueue(ROW, request_id)
+            queue_row(batcher, ROW, request_id)
         waiting.append(span)
     batcher.flush_once()  # what the flusher thread does
     for span in waiting:
@@ -130,7 +131,7 @@ def test_with_tracing_off_the_batcher_keeps_the_publisher_and_messages_carry_no_
     publish, trace = tracing.edge_batch(publisher, queue)
     assert publish is publisher and trace is None
     batcher = EdgeBatcher(publish, max_size=8, max_wait_ms=0, max_in_flight=1, reply_timeout=2.0, trace=trace)
-    pending = batcher.enqueue(ROW, "req-off")
+    pending = queue_row(batcher, ROW, "req-off")
     batcher.flush_once()
     publisher.close()
     assert pending.trace is None
