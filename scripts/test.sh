@@ -18,6 +18,9 @@ say "ruff"
 .venv/bin/ruff check .
 say "mypy"
 .venv/bin/mypy
+say "architecture: import contracts (lint-imports) and dead code (vulture)"
+.venv/bin/lint-imports --no-cache >/dev/null || .venv/bin/lint-imports --no-cache
+.venv/bin/vulture
 if [ -x scripts/lint-containers.sh ]; then
   say "container files"
   scripts/lint-containers.sh
