@@ -71,8 +71,9 @@ class QueueUnavailable(Unavailable):
     """Redis does not answer."""
 
     raised = "QueueUnavailable"
+    default = "the task queue is unreachable; try again shortly"
 
-    def __init__(self, message: str = "the task queue is unreachable; try again shortly") -> None:
+    def __init__(self, message: str = default) -> None:
         super().__init__(message)
 
 

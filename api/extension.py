@@ -68,7 +68,7 @@ def init_app(app: Flask, settings: Settings) -> Services:
         settings=settings,
         celery=celery,
         service=service,
-        readiness=Readiness(results, admission, WorkerCheck(celery), circuit),
+        readiness=Readiness(results, admission, WorkerCheck(celery, circuit), circuit),
         circuit=circuit,
         publisher=publisher,
         admission=admission,

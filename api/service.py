@@ -9,12 +9,13 @@ from typing import Any
 import redis
 from celery import Celery, states
 from celery.result import AsyncResult
+from kombu.exceptions import ContentDisallowed, DecodeError
 
 from api.batching.batcher import EdgeBatcher, Pending, PublishFailed, TaskError
 from api.batching.publisher import EdgePublisher
 from api.batching.replies import ReplyListener
 from api.broker.admission import Admission
-from api.broker.circuit import REDIS_DOWN, Circuit
+from api.broker.circuit import Circuit
 from api.errors import QueueUnavailable, TaskFailed, TimedOut
 from shared import tasks
 from shared.logs import current_request_id, set_task_id
@@ -23,6 +24,9 @@ from shared.schemas import FEATURES
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# What Celery's backend raises on a stored meta it cannot decode (kombu's decoders, then Celery's own reading).
+UNREADABLE_META = (DecodeError, ContentDisallowed, ValueError, TypeError, KeyError, AttributeError)
 
 
 class ClassifyService:
@@ -40,6 +44,11 @@ class ClassifyService:
         self._admission = admission
         self._circuit = circuit
         self._results = results
+        # One guard per kind of Redis call (api/broker/circuit.py): log once per outage, trip, answer 503.
+        self._enqueuing = circuit.guard("enqueuing a task")
+        self._polling = circuit.guard("reading a task's state")
+        self._recording = circuit.guard("recording an issued task id")
+        self._rereading = circuit.guard("reading a timed-out task's result")
 
     def classify(self, row: list[float]) -> tuple[str, dict[str, Any]]:
         """Classify one row through the edge batcher and wait up to SYNC_TIMEOUT_SECONDS."""
@@ -81,11 +90,11 @@ class ClassifyService:
         set_task_id(pending.task_id)
         self._tables[pending.task_id] = pending
         try:
-            self._publisher.table(rows, pending.task_id, request_id)
-        except Exception as exc:
+            with self._enqueuing:
+                self._publisher.table(rows, pending.task_id, request_id)
+        except QueueUnavailable:
             self._tables.pop(pending.task_id, None)
-            log.warning("cannot enqueue a batch request %s: %s", pending.task_id, exc)
-            raise QueueUnavailable() from None
+            raise
         if not pending.wait(self._settings.sync_timeout_seconds):
             self._tables.pop(pending.task_id, None)
             self._remember(pending.task_id, self._settings.result_expires_seconds)
@@ -113,14 +122,10 @@ class ClassifyService:
         if self._circuit.is_open():
             raise QueueUnavailable()
         result = AsyncResult(task_id, app=self._celery)
-        try:
+        with self._polling:
             state = result.state
             if state == states.PENDING and not self._results.exists(self._issued_key(task_id)):
                 return None
-        except REDIS_DOWN as exc:
-            log.warning("cannot read task %s: %s", task_id, exc)
-            self._circuit.trip()
-            raise QueueUnavailable() from None
         body: dict[str, Any] = {"task_id": task_id, "status": state, "result": None, "error": None}
         if state == states.SUCCESS:
             body["result"] = result.result
@@ -145,13 +150,9 @@ class ClassifyService:
 
     def _publish(self, name: str, argument: Any, task_id: str, request_id: str | None) -> None:
         """Send task ``name`` with one argument under ``task_id``; QueueUnavailable if Redis refuses."""
-        try:
+        with self._enqueuing:
             self._celery.send_task(name, args=[argument], task_id=task_id, queue=self._settings.iris_queue,
                                    headers={"request_id": request_id} if request_id is not None else None)
-        except Exception as exc:
-            log.warning("cannot enqueue %s %s: %s", name, task_id, exc)
-            self._circuit.trip()
-            raise QueueUnavailable() from None
 
     def _issued_key(self, task_id: str) -> str:
         """Name the key recording that this service issued ``task_id`` (polling answers 404 for any other)."""
@@ -159,15 +160,15 @@ class ClassifyService:
 
     def _remember(self, task_id: str, ttl: int) -> None:
         """Record a timed-out id so its poll URL answers; if Redis is gone, the client learns why."""
-        try:
+        with self._recording:
             self._results.set(self._issued_key(task_id), b"1", ex=ttl)
-        except redis.RedisError:
-            self._circuit.trip()
-            raise QueueUnavailable() from None
 
     def _meta(self, task_id: str) -> dict[str, Any]:
-        """Read a task's stored meta (PENDING when nothing is stored or Redis fails)."""
+        """Read a task's stored meta (PENDING when nothing is stored, or what is stored cannot be read)."""
         try:
-            return self._celery.backend.get_task_meta(task_id)
-        except Exception:
+            with self._rereading:
+                return self._celery.backend.get_task_meta(task_id)
+        except UNREADABLE_META as exc:
+            # A meta anyone with Redis access wrote badly: as if nothing were stored, so the row is sent again.
+            log.warning("task %s: its stored result cannot be read: %s", task_id, exc)
             return {"status": states.PENDING, "result": None}

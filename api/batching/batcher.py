@@ -216,7 +216,7 @@ class EdgeBatcher:
             else:
                 self._publish([p.row for p in batch], [p.task_id for p in batch], [p.request_id for p in batch],
                               [p.trace for p in batch])
-        except Exception as exc:
+        except Exception as exc:  # broad: the flusher thread must outlive any failure, and the rows learn of it now
             self.fail([p.task_id for p in batch], exc)
 
     def _expire_slots(self) -> None:

@@ -15,7 +15,7 @@ from kombu.transport import virtual
 
 from api.batching import task_ids
 from api.batching.task_messages import EdgeMessages
-from api.broker.circuit import Circuit
+from api.broker.circuit import REDIS_DOWN, Circuit
 from shared import tasks
 
 
@@ -105,12 +105,12 @@ class EdgePublisher:
                         self._celery.amqp.send_task_message(producer, name, message, queue=self._queue,
                                                             headers=headers, retry=False)
                     return
-                except Exception as exc:
+                except REDIS_DOWN as exc:
                     self.close()
                     self._drop_push()
                     # A hung Redis times out again on a fresh connection: only a dropped one is worth a retry.
                     if attempt == 2 or isinstance(exc, redis.TimeoutError):
-                        self._circuit.trip()
+                        self._circuit.failed("publishing an edge batch", exc)
                         raise
 
     def _settle(self) -> None:
@@ -128,7 +128,7 @@ class EdgePublisher:
                 raise redis.ConnectionError("the connection of an unread push was dropped")
             self._push[1].read_response()
             return
-        except Exception as exc:
+        except REDIS_DOWN as exc:
             self._drop_push()
             failure: Exception = exc
         if not isinstance(failure, redis.TimeoutError):  # as in _send: a hung Redis hangs a fresh connection too
@@ -137,11 +137,11 @@ class EdgePublisher:
                 connection.send_packed_command(packed)
                 connection.read_response()
                 return
-            except Exception as exc:
+            except REDIS_DOWN as exc:
                 self.close()
                 self._drop_push()
                 failure = exc
-        self._circuit.trip()
+        self._circuit.failed("writing an edge batch", failure)
         if self._lost is not None:
             self._lost(task_ids, failure)
 
@@ -157,7 +157,7 @@ class EdgePublisher:
         """Disconnect the kept push connection (it may hold an unread reply) and hand it back to its pool."""
         push, self._push = self._push, None
         if push is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*REDIS_DOWN):
                 push[1].disconnect()
                 push[0].release(push[1])
 
@@ -184,7 +184,7 @@ class EdgePublisher:
                 channel = conn.default_channel  # connects under the transport options: no retry, no sleep
                 # On AMQP a message for an undeclared queue is dropped; on Redis this is a cheap no-op.
                 self._queue.bind(channel).declare()
-            except Exception:
+            except REDIS_DOWN:
                 conn.release()
                 raise
             self._kept = (conn, channel, self._celery.amqp.Producer(channel, auto_declare=False))
@@ -194,5 +194,5 @@ class EdgePublisher:
         """Drop the kept connection, so the next batch opens a fresh one; one that already died is fine."""
         kept, self._kept = self._kept, None
         if kept is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*REDIS_DOWN):
                 kept[0].release()

@@ -120,8 +120,8 @@ class ReplyListener:
                 raise RuntimeError("the reply listener was started before connect()")
             self._on_reply(ids, results, error)
         except Exception as exc:
-            # Broad on purpose: whatever one reply breaks must not end the subscription, which would lose every
-            # other reply sent until it is back. A well-formed reply should never get here.
+            # broad: whatever one reply breaks must not end the subscription, which would lose every other reply
+            # sent until it is back. A well-formed reply should never get here.
             self._reject(f"handing it on raised {type(exc).__name__}", len(data))
 
     def _reject(self, reason: str, size: int) -> None:
@@ -151,7 +151,7 @@ class ReplyListener:
                     if message.get("type") == "message":
                         self.handle(message["data"])
             except Exception as exc:
-                # Broad on purpose: should anything end this thread, the process would get no reply again. Requests
+                # broad: should anything end this thread, the process would get no reply again. Requests
                 # fall back to reading the result backend when their wait ends. One line per outage, not per retry.
                 self._subscribed.clear()
                 if not lost:

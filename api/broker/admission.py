@@ -24,7 +24,7 @@ from celery import Celery
 from kombu.exceptions import ChannelError
 from kombu.transport import redis as kombu_redis
 
-from api.broker.circuit import Circuit
+from api.broker.circuit import REDIS_DOWN, Circuit
 from api.errors import QueueFull, QueueUnavailable
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class Admission:
         self._max_bytes = max_bytes  # 0: no byte bound
         self.last_bytes = 0  # the queues' memory at the last reading (Redis with fast paths only; else 0)
         self._circuit = circuit
+        self._guard = circuit.guard("reading the queue depth")
         self.max_age = max_age
         self.recheck = recheck
         self._clock = clock
@@ -59,17 +60,11 @@ class Admission:
         count one more message."""
         if self._circuit.is_open():
             raise QueueUnavailable()
-        try:
+        with self._guard:
             depth = self.depth()
             if depth + self._admitted >= self._max_length and self._admitted:
                 # This process's own count decides: ask again, for workers may have taken those messages.
                 depth = self.depth(max_age=self.recheck)
-        except QueueUnavailable:
-            raise
-        except Exception as exc:
-            log.warning("broker unreachable: %s", exc)
-            self._circuit.trip()
-            raise QueueUnavailable() from None
         if depth + self._admitted >= self._max_length:
             raise QueueFull(depth + self._admitted)
         if self._max_bytes and self.last_bytes >= self._max_bytes:
@@ -123,7 +118,7 @@ class Admission:
             if self._fast and isinstance(channel, kombu_redis.Channel):
                 return self._llen(channel)
             return tuple(self._declared(queue) for queue in self._queues)
-        except Exception:
+        except REDIS_DOWN:
             self.close()
             raise
 
@@ -166,5 +161,5 @@ class Admission:
         """Drop the kept connection, so the next reading opens a fresh one."""
         kept, self._probe = self._probe, None
         if kept is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*REDIS_DOWN):
                 kept[0].release()

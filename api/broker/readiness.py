@@ -9,9 +9,10 @@ from typing import Any
 
 import redis
 from celery import Celery
+from kombu.exceptions import ContentDisallowed, DecodeError
 
 from api.broker.admission import Admission
-from api.broker.circuit import Circuit
+from api.broker.circuit import REDIS_DOWN, Circuit
 from api.errors import NoWorkers, QueueUnavailable
 from shared import tasks
 from shared.redact import redact
@@ -36,8 +37,9 @@ class WorkerCheck:
     thread and the request waits at most WAIT_SECONDS for it; a check still running is joined, not repeated.
     """
 
-    def __init__(self, celery: Celery, max_age: float = 2.0) -> None:
+    def __init__(self, celery: Celery, circuit: Circuit, max_age: float = 2.0) -> None:
         self.celery = celery
+        self.circuit = circuit
         self.max_age = max_age
         self._pid: int | None = None
         self._running: Future[dict[str, Any]] | None = None
@@ -67,9 +69,11 @@ class WorkerCheck:
                 replies = self.celery.control.broadcast(tasks.MODEL_INFO_COMMAND, reply=True,
                                                         timeout=REPLY_SECONDS) or []
                 break
-            except Exception as exc:
+            except REDIS_DOWN as exc:
                 if attempt == 2:
-                    log.warning("readiness: broadcast failed: %s", exc)
+                    self.circuit.failed("asking the workers for their models", exc)
+            except (DecodeError, ContentDisallowed) as exc:  # a reply someone wrote badly: ask again
+                log.warning("readiness: a reply to the broadcast cannot be read: %s", exc)
         # Served as they are by /readyz, /version and /metrics, so first rid of any password a URL in them holds:
         # a worker's failed registry check names the MLflow URI (and an older worker may send one anywhere).
         workers = {redact(str(name)): redact_strings(info) for reply in replies if isinstance(reply, dict)
@@ -100,18 +104,15 @@ class Readiness:
         self._admission = admission
         self.workers = workers
         self._circuit = circuit
+        self._guard = circuit.guard("checking readiness", "Redis does not answer")
 
     def check(self) -> dict[str, Any]:
         """Return the ready body, or raise QueueUnavailable or NoWorkers."""
         if self._circuit.is_open():
             raise QueueUnavailable("Redis does not answer")
-        try:
+        with self._guard:
             self._results.ping()
             depths = self._admission.depths(fresh=True)
-        except Exception as exc:
-            log.warning("readiness: Redis unreachable: %s", exc)
-            self._circuit.trip()
-            raise QueueUnavailable("Redis does not answer") from None
         workers = self.workers.workers()
         if not workers:
             raise NoWorkers()

@@ -116,7 +116,7 @@ def test_the_worker_check_keeps_only_workers_with_a_loaded_model() -> None:
         return [{"celery@w1": WORKERS["celery@w1"]}, {"celery@w2": {"model_version": None}},
                 {"celery@w3": "loading"}]
 
-    check = WorkerCheck(cast(Celery, SimpleNamespace(control=SimpleNamespace(broadcast=broadcast))))
+    check = WorkerCheck(cast(Celery, SimpleNamespace(control=SimpleNamespace(broadcast=broadcast))), Circuit(1.0))
     assert check.workers() == WORKERS
     assert calls[0][0] == tasks.MODEL_INFO_COMMAND and calls[0][1]["reply"] is True
 
@@ -128,14 +128,14 @@ def test_the_worker_check_waits_for_every_worker_not_the_first_reply() -> None:
         calls.append(kwargs)
         return [{"celery@w1": WORKERS["celery@w1"]}]
 
-    WorkerCheck(cast(Celery, SimpleNamespace(control=SimpleNamespace(broadcast=broadcast)))).workers()
+    WorkerCheck(cast(Celery, SimpleNamespace(control=SimpleNamespace(broadcast=broadcast))), Circuit(1.0)).workers()
     assert "limit" not in calls[0]
 
 
 def test_a_recent_reading_answers_at_once_while_a_fresh_check_replaces_it() -> None:
     replies = [[{"celery@w1": {"model_version": "2"}}]]
     check = WorkerCheck(cast(Celery, SimpleNamespace(control=SimpleNamespace(
-        broadcast=lambda command, **kwargs: replies[0]))), max_age=2.0)
+        broadcast=lambda command, **kwargs: replies[0]))), Circuit(1.0), max_age=2.0)
     old = {"celery@w1": {"model_version": "1"}}
     check._last = (time.monotonic() - 3.0, old)  # past max_age, within the stale window
     assert check.workers() == old
@@ -146,7 +146,7 @@ def test_a_recent_reading_answers_at_once_while_a_fresh_check_replaces_it() -> N
 
 def test_an_old_reading_waits_for_a_fresh_check() -> None:
     check = WorkerCheck(cast(Celery, SimpleNamespace(control=SimpleNamespace(
-        broadcast=lambda command, **kwargs: []))), max_age=2.0)
+        broadcast=lambda command, **kwargs: []))), Circuit(1.0), max_age=2.0)
     check._last = (time.monotonic() - 10.0, {"celery@w1": {"model_version": "1"}})
     assert check.workers() == {}
 
@@ -159,7 +159,7 @@ def test_the_worker_check_redacts_every_password_a_worker_reply_holds() -> None:
             "last_check": {"outcome": "unreachable", "error": failure, "history": [failure, 1, None]},
             f"redis://:{secret}@cache:6379/0": True}
     check = WorkerCheck(cast(Celery, SimpleNamespace(control=SimpleNamespace(
-        broadcast=lambda command, **kwargs: [{"celery@w1": info}]))))
+        broadcast=lambda command, **kwargs: [{"celery@w1": info}]))), Circuit(1.0))
     workers = check.workers()
     assert secret not in repr(workers)
     served = workers["celery@w1"]

@@ -10,6 +10,7 @@ from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
+from api.broker.circuit import Circuit
 from api.errors import QueueUnavailable
 from api.observability import metrics, multiprocess_dir
 from shared.settings import Settings
@@ -129,7 +130,10 @@ def fake_services(depths: dict[str, int] | int | Exception, workers: dict[str, A
             raise depths
         return {"iris": depths} if isinstance(depths, int) else depths
 
-    return SimpleNamespace(circuit=SimpleNamespace(is_open=lambda: circuit_open),
+    circuit = Circuit(open_seconds=60)
+    if circuit_open:
+        circuit.trip()
+    return SimpleNamespace(circuit=circuit,
                            admission=SimpleNamespace(depths=read_depths),
                            readiness=SimpleNamespace(workers=FakeWorkers(workers)))
 
