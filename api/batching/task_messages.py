@@ -1,13 +1,10 @@
 """Publish an edge batch's task message straight onto its queue, past Celery's ``send_task_message`` and kombu's
 ``Producer.publish`` and ``Channel.basic_publish``.
 
-Why: measured on 2 cores against a local Redis (``python -m load.bench_publish``: median of 5 alternating rounds
-of 3,000 publishes of an 8-row ``iris.classify_rows`` message), this path costs 91-98 µs of CPU a publish, the
-previous fast path (Celery's ``as_task_v2`` then kombu's ``Channel.basic_publish``) 162 µs and Celery's
-documented ``app.amqp.send_task_message`` with a kept ``Producer`` 207-224 µs; about 60 µs of each is the
-LPUSH round trip itself. The difference is
-``as_task_v2`` and ``saferepr`` on every message, kombu's serializer registry, message preparation and header
-copies, and the stdlib JSON encoder, twice.
+Why: it costs about half the CPU of Celery's documented ``app.amqp.send_task_message`` per publish
+(``python -m load.bench_publish``; docs/design.md has the figures). The difference is ``as_task_v2`` and
+``saferepr`` on every message, kombu's serializer registry, message preparation and header copies, and the
+stdlib JSON encoder, twice.
 
 How: :class:`EdgeMessages` asks Celery's ``as_task_v2`` once for the protocol-2 headers and properties of the
 task, and per batch fills in only what differs (the ids, ``argsrepr`` and the extra headers). It builds the very
@@ -16,8 +13,8 @@ hands it to the channel's ``_put``; on Redis it LPUSHes the orjson encoding of t
 ``before_task_publish`` and ``after_task_publish`` signals still fire, so Flower, OpenTelemetry and other
 observers see edge batches as they see any task.
 
-Written against Celery 5.7.0 and kombu 5.7.0 (pinned in pyproject.toml); tests/unit/api/batching/test_publisher.py fails
-if the message it builds stops matching the documented path's, on kombu's memory transport and on its Redis
+Written against Celery 5.7.0 and kombu 5.7.0 (pinned in pyproject.toml); tests/unit/api/batching/test_publisher.py
+fails if the message it builds stops matching the documented path's, on kombu's memory transport and on its Redis
 transport. FAST_PATHS=0 selects the documented path instead (api/batching/publisher.py).
 """
 

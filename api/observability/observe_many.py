@@ -1,11 +1,10 @@
 """Observe many values into one prometheus-client histogram child at once, past ``Histogram.observe``.
 
 Written against prometheus-client 0.2x (pinned below 1 in pyproject.toml). ``observe`` adds each value to the
-sum and one bucket, and in multiprocess mode each addition is a locked write to a memory-mapped file: about 7-10
-µs per request of API CPU in a server under load, which after this project's other cuts was 4-6% of a sync
-request's cost. The API (api/observability/metrics.py) queues its requests' durations and its edge batches' sizes
-and, once a
-second per process, adds each bucket's count and the sum in one write each, through the child's
+sum and one bucket, and in multiprocess mode each addition is a locked write to a memory-mapped file, a visible
+share of a sync request's API CPU (docs/design.md has the figure and the command). The API
+(api/observability/metrics.py) queues its requests' durations and its edge batches' sizes and, once a second per
+process, adds each bucket's count and the sum in one write each, through the child's
 ``_upper_bounds``, ``_buckets`` and ``_sum``. The buckets are cumulative only when exported, so a value counts
 in the first bucket whose bound it does not exceed, as ``observe`` counts it.
 

@@ -21,7 +21,7 @@ class AccessLogMiddleware:
         started = time.perf_counter()
         status = ["500"]  # what the server sends if the app fails before starting its response
 
-        def start(line, headers, exc_info=None):  # unannotated: evaluating annotations costs ~1 µs a call
+        def start(line, headers, exc_info=None):  # unannotated: annotations here would be evaluated per request
             status[0] = line
             return start_response(line, headers, exc_info)
 

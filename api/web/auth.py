@@ -152,9 +152,8 @@ def init_app(app: Flask, keys: list[str], protect_metrics_and_docs: bool = False
     """Require a key on the protected endpoints of ``app`` when ``keys`` is not empty; call it once every route is in.
 
     A ``before_request`` hook, so the check runs on the endpoint Flask matched, before any other hook but the
-    tracing one (which only names the span). Measured: the hook costs ~1.5 µs a request on an open route and
-    ~3.5 µs on a protected one (the check included); a middleware binding the URL map to match it a second time
-    cost ~7 µs on every request.
+    tracing one (which only names the span). It costs less than a middleware that binds the URL map to match a
+    second time (docs/security.md, "What the guards cost").
     """
     roots = KEYED_ROOTS + (METRICS_AND_DOCS_ROOTS if protect_metrics_and_docs else ())
     # An endpoint with any rule under a protected root is protected on all its rules: fail closed.

@@ -45,7 +45,7 @@ class RequestIdMiddleware:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         request_id = environ[ENVIRON_KEY] = accept_request_id(environ.get("HTTP_X_REQUEST_ID"))
 
-        def start(status, headers, exc_info=None):  # unannotated: evaluating annotations costs ~1 µs a call
+        def start(status, headers, exc_info=None):  # unannotated: annotations here would be evaluated per request
             headers.append((HEADER, request_id))
             return start_response(status, headers, exc_info)
 
