@@ -11,7 +11,7 @@ from celery import Celery, states
 from celery.result import AsyncResult
 from kombu.exceptions import ContentDisallowed, DecodeError
 
-from api.batching.batcher import EdgeBatcher, Pending, PublishFailed, TaskError
+from api.batching.batcher import EdgeBatcher, Pending, PublishFailed, WorkerError
 from api.batching.publisher import EdgePublisher
 from api.batching.replies import ReplyListener
 from api.broker.admission import Admission
@@ -110,7 +110,7 @@ class ClassifyService:
             raise TaskFailed(pending.task_id, "this batch")
         return pending.task_id, pending.result
 
-    def deliver(self, task_ids: Sequence[str], results: Sequence[Any] | None, error: TaskError | None) -> None:
+    def deliver(self, task_ids: Sequence[str], results: Sequence[Any] | None, error: WorkerError | None) -> None:
         """Hand a worker's reply to the batch request waiting for it, or else to the edge batcher."""
         if len(task_ids) == 1 and (table := self._tables.pop(task_ids[0], None)) is not None:
             table.resolve(result=results[0] if results else None, error=error)

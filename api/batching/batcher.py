@@ -30,7 +30,7 @@ class PublishFailed(Exception):
     """The batch holding this row could not be enqueued; nothing was queued."""
 
 
-class TaskError(Exception):
+class WorkerError(Exception):
     """The worker answered this row with an error (its ``raised`` name and message)."""
 
     def __init__(self, raised: str, message: str) -> None:
@@ -163,7 +163,7 @@ class EdgeBatcher:
         return batch
 
     def deliver(self, task_ids: Sequence[str], results: Sequence[Any] | None = None,
-                error: TaskError | None = None) -> None:
+                error: WorkerError | None = None) -> None:
         """Free the answered batch's slot, send the rows that waited for one, then resolve each of its requests."""
         if task_ids:
             with self._cond:

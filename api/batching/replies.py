@@ -18,12 +18,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from api.batching.batcher import TaskError
+from api.batching.batcher import WorkerError
 
 log = logging.getLogger(__name__)
 
 # Called with one answered batch: (task_ids, results or None, error or None).
-OnReply = Callable[[Sequence[str], Sequence[Any] | None, TaskError | None], None]
+OnReply = Callable[[Sequence[str], Sequence[Any] | None, WorkerError | None], None]
 # A reply larger than this is refused unread; the API sizes it from BATCH_MAX_SIZE and BATCH_MAX_ROWS.
 MAX_REPLY_BYTES = 4 * 1024 * 1024
 # At most one log line about skipped messages per this many seconds.
@@ -39,7 +39,7 @@ def max_reply_bytes(batch_max_size: int, batch_max_rows: int) -> int:
     return 64 * 1024 + 1024 * max(batch_max_size, batch_max_rows)
 
 
-def parse_reply(data: Any, max_bytes: int = MAX_REPLY_BYTES) -> tuple[list[str], list[Any] | None, TaskError | None]:
+def parse_reply(data: Any, max_bytes: int = MAX_REPLY_BYTES) -> tuple[list[str], list[Any] | None, WorkerError | None]:
     """Decode a worker's reply: ``{"ids": [...], "results": [...]}`` (one result per id) or
     ``{"ids": [...], "error": {"raised": ..., "message": ...}}``; raise MalformedReply for anything else."""
     if not isinstance(data, bytes):
@@ -59,7 +59,7 @@ def parse_reply(data: Any, max_bytes: int = MAX_REPLY_BYTES) -> tuple[list[str],
     if error is not None:
         if type(error) is not dict:
             raise MalformedReply("error is not an object")
-        return ids, None, TaskError(str(error.get("raised")), str(error.get("message")))
+        return ids, None, WorkerError(str(error.get("raised")), str(error.get("message")))
     results = reply.get("results")
     if type(results) is not list or len(results) != len(ids):
         raise MalformedReply("results is not a list of one result per id")

@@ -9,7 +9,7 @@ from celery import states
 from kombu.exceptions import OperationalError
 
 from api import create_app
-from api.batching.batcher import EdgeBatcher, PublishFailed, TaskError
+from api.batching.batcher import EdgeBatcher, PublishFailed, WorkerError
 from api.errors import QueueFull, QueueUnavailable, TaskFailed, TimedOut
 from shared import tasks
 from shared.celery_app import create_celery
@@ -83,7 +83,7 @@ def test_a_failed_publish_is_queue_unavailable(world: World) -> None:
 
 
 def test_a_worker_error_is_task_failed_naming_the_task(world: World) -> None:
-    world.batcher.answer = lambda pending: pending.resolve(error=TaskError("ValueError", "bad row"))
+    world.batcher.answer = lambda pending: pending.resolve(error=WorkerError("ValueError", "bad row"))
     with pytest.raises(TaskFailed) as caught:
         world.service.classify(ROW)
     assert caught.value.data == {"task_id": world.batcher.submitted[0].task_id}
@@ -197,7 +197,7 @@ def test_a_reply_for_no_batch_request_goes_to_the_edge_batcher(world: World) -> 
 
 
 def test_a_failed_batch_is_task_failed(world: World) -> None:
-    world.tables.answer = lambda task_id: world.service.deliver([task_id], None, TaskError("ValueError", "bad"))
+    world.tables.answer = lambda task_id: world.service.deliver([task_id], None, WorkerError("ValueError", "bad"))
     with pytest.raises(TaskFailed):
         world.service.classify_batch([ROW])
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from api.batching.batcher import EdgeBatcher, Pending, PublishFailed, TaskError
+from api.batching.batcher import EdgeBatcher, Pending, PublishFailed, WorkerError
 from tests.unit.api.batching.queue_rows import queue_row
 
 # A wait no test may sit out: were the fake clock ignored, flush_once would block this long on a slot.
@@ -202,7 +202,7 @@ def test_deliver_routes_a_task_error_to_every_row(publisher: FakePublisher, cloc
     batcher = make(publisher, clock)
     pendings = [queue_row(batcher, [float(i)]) for i in range(2)]
     batcher.flush_once()
-    error = TaskError("ValueError", "bad row")
+    error = WorkerError("ValueError", "bad row")
     batcher.deliver([p.task_id for p in pendings], None, error)
     assert all(p.wait(0) and p.error is error and p.result is None for p in pendings)
     assert error.raised == "ValueError" and str(error) == "ValueError: bad row"

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from api.batching import replies
-from api.batching.batcher import TaskError
+from api.batching.batcher import WorkerError
 from api.batching.replies import MalformedReply, ReplyListener, max_reply_bytes, parse_reply
 
 DOWN = "redis://127.0.0.1:1/1"
@@ -49,13 +49,13 @@ def test_parse_reply_turns_an_error_into_a_task_error_for_the_batch() -> None:
     data = orjson.dumps({"ids": ["t1", "t2"], "error": {"raised": "ValueError", "message": "bad row"}})
     ids, results, error = parse_reply(data)
     assert ids == ["t1", "t2"] and results is None
-    assert isinstance(error, TaskError) and error.raised == "ValueError" and str(error) == "ValueError: bad row"
+    assert isinstance(error, WorkerError) and error.raised == "ValueError" and str(error) == "ValueError: bad row"
 
 
 def test_parse_reply_takes_an_error_over_results_and_any_error_text() -> None:
     ids, results, error = parse_reply(b'{"ids": ["t1"], "results": [1], "error": {"raised": 3}}')
     assert ids == ["t1"] and results is None
-    assert isinstance(error, TaskError) and error.raised == "3" and str(error) == "3: None"
+    assert isinstance(error, WorkerError) and error.raised == "3" and str(error) == "3: None"
 
 
 @pytest.mark.parametrize("data", GARBAGE.values(), ids=GARBAGE.keys())
@@ -97,7 +97,7 @@ class FakeClock:
 
 
 def test_a_malformed_reply_is_skipped_counted_and_the_next_one_delivered(caplog: pytest.LogCaptureFixture) -> None:
-    got: list[tuple[Sequence[str], Sequence[Any] | None, TaskError | None]] = []
+    got: list[tuple[Sequence[str], Sequence[Any] | None, WorkerError | None]] = []
     counted: list[int] = []
     listener = ReplyListener(DOWN, "iris:", on_reply=lambda *reply: got.append(reply),
                              on_reject=lambda: counted.append(1))
@@ -128,7 +128,7 @@ def test_skipped_messages_are_reported_at_most_once_a_second_with_their_count(
 def test_a_reply_whose_hand_off_raises_is_counted_and_the_listener_goes_on() -> None:
     calls: list[Sequence[str]] = []
 
-    def on_reply(ids: Sequence[str], results: Sequence[Any] | None, error: TaskError | None) -> None:
+    def on_reply(ids: Sequence[str], results: Sequence[Any] | None, error: WorkerError | None) -> None:
         calls.append(ids)
         if len(calls) == 1:
             raise KeyError("a bug in the hand-off")
@@ -186,11 +186,11 @@ def test_the_listener_starts_nothing_at_construction(from_url_calls: list[str]) 
 def test_the_listener_subscribes_to_a_channel_of_its_own_and_hands_each_reply_on(
         monkeypatch: pytest.MonkeyPatch) -> None:
     answered = threading.Event()
-    got: list[tuple[Sequence[str], Sequence[Any] | None, TaskError | None]] = []
+    got: list[tuple[Sequence[str], Sequence[Any] | None, WorkerError | None]] = []
     pubsub = FakePubSub(orjson.dumps({"ids": ["t1"], "results": [{"label": "setosa"}]}))
     monkeypatch.setattr(replies.redis.Redis, "from_url", lambda url, **_: FakeRedis(pubsub))
 
-    def on_reply(ids: Sequence[str], results: Sequence[Any] | None, error: TaskError | None) -> None:
+    def on_reply(ids: Sequence[str], results: Sequence[Any] | None, error: WorkerError | None) -> None:
         got.append((ids, results, error))
         answered.set()
 
@@ -208,7 +208,7 @@ def test_garbage_on_the_channel_keeps_the_subscription(monkeypatch: pytest.Monke
     pubsub = FakePubSub(*GARBAGE.values(), orjson.dumps({"ids": ["t1"], "results": [1]}))
     monkeypatch.setattr(replies.redis.Redis, "from_url", lambda url, **_: FakeRedis(pubsub))
 
-    def on_reply(ids: Sequence[str], results: Sequence[Any] | None, error: TaskError | None) -> None:
+    def on_reply(ids: Sequence[str], results: Sequence[Any] | None, error: WorkerError | None) -> None:
         got.append(ids)
         answered.set()
 
