@@ -1,7 +1,7 @@
 """Serve the API with granian: ``python -m api`` (settings from the environment).
 
 granian parses HTTP in Rust and hands requests to a pool of Python threads per process; measured on
-2 cores it serves this app about 1.6x faster than gunicorn gthread (README, Performance), so ``make up``
+2 cores it serves this app about 1.6x faster than gunicorn gthread (docs/performance.md), so ``make up``
 and the container use it. ``gunicorn -c gunicorn.conf.py`` serves the same app for those who prefer it.
 """
 

@@ -14,7 +14,7 @@ def app() -> Flask:
     settings = get_settings()
     # Each request thread waits for its reply and wakes when it comes, so many threads want the GIL at
     # once; a forced hand-off every 5 ms (CPython's default) costs two context switches each time, and
-    # here they hand it over when they block anyway. Measured: +7% req/s at 50 ms (README, Performance).
+    # here they hand it over when they block anyway. Measured: +7% req/s at 50 ms (docs/performance.md).
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     # Here, in each server process (granian and gunicorn fork before loading the app): the exporter's thread
     # must run in the process whose spans it sends. A no-op unless the OTel environment names an exporter.

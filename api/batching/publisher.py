@@ -31,7 +31,7 @@ class EdgePublisher:
     With ``lost`` and the fast path on Redis, an edge batch's LPUSH is written without waiting for Redis's
     reply: the next batch reads it before sending its own, or a settler thread within ``SETTLE_SECONDS`` when
     none follows. Waiting for it cost each batch a round trip and a thread's sleep and wake, 3.5% of the CPU
-    per request at 8 connections (README, Performance). A batch Redis refused, or whose connection broke, is
+    per request at 8 connections (docs/performance.md). A batch Redis refused, or whose connection broke, is
     sent once more on a fresh connection; if that fails too the circuit trips and ``lost(task_ids, error)``
     fails its rows, as a failed synchronous publish would, only up to ``SETTLE_SECONDS`` later.
     """

@@ -9,7 +9,7 @@ thousand.
 The broker is asked at most every ``max_age`` seconds, so each process also counts what it admitted since its
 last reading and adds it: a burst within one reading's life cannot overrun the bound on its own. When that count
 alone would refuse, the broker is asked again first (at most every ``recheck`` seconds), since workers may have
-taken those messages already. What can still pass the bound (README): messages whose send raced a reading, the
+taken those messages already. What can still pass the bound (docs/security.md): messages whose send raced a reading, the
 resends of requests waiting when the queues filled, and other processes' admissions within one ``max_age``.
 """
 

@@ -4,7 +4,7 @@ For every task it sends, Celery's Redis backend subscribes to the task's result 
 so that a later ``AsyncResult.get()`` can be woken. The API never waits that way: it reads results with GET
 (``GET /v1/tasks/<id>``, the batch endpoint's short poll). A result that arrives on such a subscription with
 no waiter is kept in a per-thread buffer of up to 8,192 results, which grew one API process by 3 MB a
-minute in the soak (README, "Soak test"). Written against Celery 5.7.0 (pinned in pyproject.toml);
+minute in the soak (docs/load-testing.md, "Soak test"). Written against Celery 5.7.0 (pinned in pyproject.toml);
 tests/integration/test_results_backend.py fails if the hook changes.
 """
 

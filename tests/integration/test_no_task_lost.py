@@ -53,7 +53,7 @@ def assert_redelivered_in_time(server: RedisServer, stranded: dict[str, float], 
 def test_sigkilled_worker_loses_none_of_300_tasks_and_its_task_returns_after_the_visibility_timeout(
         private_env: dict[str, str], private_redis: RedisServer) -> None:
     # 20 s, not the default 120 s, keeps CI short: the sweep that restores the task is the same. The default's
-    # own figures are in the README (121.4-123.6 s), and tests/unit/shared/test_celery_app.py bounds it.
+    # own figures are in docs/reliability.md (121.4-123.6 s), and tests/unit/shared/test_celery_app.py bounds it.
     env = {**private_env, "VISIBILITY_TIMEOUT_SECONDS": "20"}
     settings = make_settings(env)
     client = create_app(settings).test_client()

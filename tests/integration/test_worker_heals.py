@@ -52,7 +52,7 @@ class Supervised:
 
 
 # A task the worker was running or acknowledging when Redis went away is redelivered after the visibility
-# timeout (README, "No task is lost"); 20 s instead of the default 120 s keeps these drills short.
+# timeout (docs/reliability.md); 20 s instead of the default 120 s keeps these drills short.
 VISIBILITY = "20"
 
 
@@ -139,7 +139,7 @@ def test_a_running_worker_resumes_consuming_after_redis_restarts_or_crashes(
     client = client_for(heal_env)
     assert client.post("/v1/classify", json=SEED_EXAMPLE).status_code == 200
     # Let the worker take these before Redis goes: a task Redis hands out in the instant it dies is lost with
-    # the reply (kombu's BRPOP; README, "What Redis as a broker cannot promise"). Their results must survive.
+    # the reply (kombu's BRPOP; docs/reliability.md). Their results must survive.
     done = queue_async(client, 10)
     assert_all_succeed(client, done, timeout=30)
     stop: Callable[[], Any] = private_redis.stop if how == "restart" else private_redis.kill
