@@ -2,8 +2,8 @@
 
 Run against `make up` with `make bench` (or `.venv/bin/python load/bench.py --url http://127.0.0.1:9191`).
 The sweep loads POST /v1/classify with wrk at 1, 8, 32 and 128 connections, and at each count the seed's
-in-process design too (its yardstick server, ../shared/baselines/seed_inprocess.py, started here under gunicorn
-with the same model), alternating the two for ``--rounds`` rounds and taking medians. Async submit-to-result
+in-process design too (its yardstick server, load/seed_baseline.py, started here under gunicorn with the same
+model), alternating the two for ``--rounds`` rounds and taking medians. Async submit-to-result
 latency comes from a polling client, batch rows/s from wrk. It prints the tables and writes a JSON report and a
 PNG plot (req/s, p50 and p99 against connections, for both) under load/reports/. It also reports the API
 processes' memory and whether they map scikit-learn, pandas or SciPy (read from /proc, so Linux only).
@@ -59,7 +59,7 @@ def wrk(url: str, body: dict[str, Any], connections: int, seconds: int) -> dict[
     }
 
 
-SEED_APP = Path(__file__).resolve().parents[2] / "shared" / "baselines" / "seed_inprocess.py"
+SEED_APP = Path(__file__).resolve().with_name("seed_baseline.py")
 SEED_PORT = 9290
 
 
@@ -72,7 +72,7 @@ class SeedServer:
                                                                                    "sqlite:///mlruns.db"))}
         gunicorn = Path(sys.executable).with_name("gunicorn")
         self.proc = subprocess.Popen([str(gunicorn), "--chdir", str(app.parent), "-b", f"127.0.0.1:{port}", "-w", "2",
-                                      "--threads", "2", "--preload", f"{app.stem}:app"], env=env,
+                                      "--threads", "2", "--preload", f"{app.stem}:create_app()"], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 120
         while True:
