@@ -54,6 +54,19 @@ ensure_venv() {
   echo "$digest" > "$stamp"
 }
 
+# install_only: exit 0 here when INSTALL_ONLY=1, so `make <target> INSTALL_ONLY=1` runs only the target's install
+# step (tests/integration/test_make_targets.py runs each one on a fresh copy of the repository).
+install_only() {
+  [ "${INSTALL_ONLY:-}" = 1 ] || return 0
+  say "installed what this target needs; INSTALL_ONLY=1, so not running it"
+  exit 0
+}
+
+# need_tool COMMAND PACKAGE: stop with one line naming the system package when COMMAND is not on PATH.
+need_tool() {
+  command -v "$1" >/dev/null 2>&1 || die "$1 is not installed: apt-get install $2 (macOS: brew install $2)"
+}
+
 # redis_answers URL: true when a Redis server answers PING at URL.
 redis_answers() {
   .venv/bin/python - "$1" <<'PY' >/dev/null 2>&1

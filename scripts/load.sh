@@ -5,13 +5,18 @@
 #   scripts/load.sh SyncClassifyUser                  # extra arguments go to locust (e.g. user classes)
 set -e
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+# Locust, and matplotlib for the plot.
+ensure_venv load
+install_only
 
 USERS="${USERS:-32}"
 SPAWN_RATE="${SPAWN_RATE:-8}"
 DURATION="${DURATION:-60s}"
 HOST="${HOST:-http://127.0.0.1:9191}"
 REPORTS="${REPORTS:-load/reports}"
-if [ -x .venv/bin/python ]; then PYTHON="${PYTHON:-.venv/bin/python}"; else PYTHON="${PYTHON:-python3}"; fi
 
 mkdir -p "$REPORTS"
 prefix="$REPORTS/locust-$(date +%Y%m%d-%H%M%S)"
@@ -19,12 +24,12 @@ echo "load: $USERS users (spawn rate $SPAWN_RATE/s) for $DURATION against $HOST;
 
 # Locust exits 1 when any request failed: keep going to write the plot and summary, then exit with its code.
 status=0
-"$PYTHON" -m locust -f load/locustfile.py --headless \
+.venv/bin/python -m locust -f load/locustfile.py --headless \
     --users "$USERS" --spawn-rate "$SPAWN_RATE" --run-time "$DURATION" --host "$HOST" \
     --stop-timeout 20 --csv "$prefix" --html "$prefix.html" "$@" || status=$?
 
 if [ -s "${prefix}_stats_history.csv" ]; then
-    "$PYTHON" load/plot_locust.py "$prefix" --title "$USERS users against $HOST"
+    .venv/bin/python load/plot_locust.py "$prefix" --title "$USERS users against $HOST"
     echo "reports: ${prefix}_stats.csv ${prefix}_stats_history.csv $prefix.html $prefix.png"
 else
     echo "load: locust wrote no stats history (exit $status)" >&2

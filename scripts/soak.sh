@@ -10,23 +10,26 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
+# Locust (run by scripts/load.sh), psutil for the RSS sampler and matplotlib for the plot.
+ensure_venv load
+install_only
+
 USERS="${USERS:-50}"
 DURATION="${DURATION:-10m}"
 HOST="${HOST:-http://127.0.0.1:9191}"
 WARMUP="${WARMUP:-2m}"
 SAMPLE="${SAMPLE:-10s}"
 RSS_LIMIT="${RSS_LIMIT:-10}"
-if [ -x .venv/bin/python ]; then PYTHON="${PYTHON:-.venv/bin/python}"; else PYTHON="${PYTHON:-python3}"; fi
 
-"$PYTHON" -c "import sys, urllib.request as r; r.urlopen(sys.argv[1] + '/readyz', timeout=5)" "$HOST" 2>/dev/null ||
+.venv/bin/python -c "import sys, urllib.request as r; r.urlopen(sys.argv[1] + '/readyz', timeout=5)" "$HOST" 2>/dev/null ||
   die "no stack answers $HOST/readyz: start one with 'make up' (in another terminal) first"
-port=$("$PYTHON" -c 'import sys, urllib.parse as u; print(u.urlparse(sys.argv[1]).port or 80)' "$HOST")
+port=$(.venv/bin/python -c 'import sys, urllib.parse as u; print(u.urlparse(sys.argv[1]).port or 80)' "$HOST")
 run="load/reports/soak-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$run"
 say "soak: $USERS users for $DURATION against $HOST; RSS every $SAMPLE, judged after a $WARMUP warm-up; reports: $run/"
 
 # The sampler runs beside Locust; SIGTERM makes it take one last sample and exit.
-"$PYTHON" -m load.rss --port "$port" --interval "$SAMPLE" --output "$run/rss.csv" &
+.venv/bin/python -m load.rss --port "$port" --interval "$SAMPLE" --output "$run/rss.csv" &
 sampler=$!
 trap 'kill -TERM "$sampler" 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [ -s "$run/rss.csv" ] && break; kill -0 "$sampler" 2>/dev/null || break; sleep 0.1; done
@@ -37,6 +40,6 @@ USERS="$USERS" DURATION="$DURATION" HOST="$HOST" REPORTS="$run" scripts/load.sh 
 kill -TERM "$sampler" && wait "$sampler" || true
 trap - EXIT
 
-"$PYTHON" -m load.plot_soak "$run" --warmup "$WARMUP" --limit "$RSS_LIMIT" || true
-"$PYTHON" -m load.soak_report "$run" --warmup "$WARMUP" --limit "$RSS_LIMIT" || status=$?
+.venv/bin/python -m load.plot_soak "$run" --warmup "$WARMUP" --limit "$RSS_LIMIT" || true
+.venv/bin/python -m load.soak_report "$run" --warmup "$WARMUP" --limit "$RSS_LIMIT" || status=$?
 exit "$status"
