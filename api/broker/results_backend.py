@@ -5,7 +5,7 @@ so that a later ``AsyncResult.get()`` can be woken. The API never waits that way
 (``GET /v1/tasks/<id>``, the batch endpoint's short poll). A result that arrives on such a subscription with
 no waiter is kept in a per-thread buffer of up to 8,192 results, which grew one API process by 3 MB a
 minute in the soak (docs/load-testing.md, "Soak test"). Written against Celery 5.7.0 (pinned in pyproject.toml);
-tests/integration/test_results_backend.py fails if the hook changes.
+tests/integration/api/broker/test_results_backend.py fails if the hook changes.
 """
 
 from typing import Any
