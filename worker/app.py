@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Celery, signals
 from celery.worker.control import control_command, inspect_command
+from kombu.exceptions import KombuError
 
 from shared import tasks as names
 from shared.celery_app import create_celery, rows_queue
@@ -66,16 +67,22 @@ def _pool_recycler(consumer: Any) -> Callable[[ServedModel], None] | None:
     The children hold the model they were forked with. Celery's documented ``pool_restart`` command, sent to
     this worker alone, makes each child exit after its current task and forks a replacement that inherits
     the new model; a job sent to a child that exits is given to another. It runs on the consumer's thread,
-    where the pool may be touched; solo and threads pools read the new reference at once.
+    where the pool may be touched; solo and threads pools read the new reference at once. When the broker does
+    not take the command, it raises ConnectionError, and the swapper sends it again at its next check.
     """
     from celery.concurrency.prefork import TaskPool
 
     if not isinstance(consumer.pool, TaskPool):
         return None
     app, hostname = consumer.app, consumer.hostname
+    # The broker's errors as Celery's consumer knows them, and kombu's OperationalError that its retries end with.
+    broker_errors = (KombuError, *consumer.connection_errors, *consumer.channel_errors)
 
     def recycle(_: ServedModel) -> None:
-        app.control.pool_restart(destination=[hostname], reply=False)
+        try:
+            app.control.pool_restart(destination=[hostname], reply=False)
+        except broker_errors as exc:
+            raise ConnectionError(f"the broker did not take pool_restart: {type(exc).__name__}: {exc}") from exc
 
     return recycle
 

@@ -5,6 +5,7 @@ import math
 import os
 import tempfile
 import time
+import tokenize
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
@@ -23,8 +24,8 @@ class ModelLoadError(RuntimeError):
     """A model version could not be resolved, loaded, warmed or matched to the contract."""
 
 
-# Up to this many rows, plain Python floats beat numpy, whose per-call overhead dwarfs 12 multiply-adds a row:
-# a worker measured 415 against 470 µs of CPU per one-row edge batch (load/bench_worker.py).
+# Up to this many rows, plain Python floats beat numpy, whose per-call overhead dwarfs 12 multiply-adds a row
+# (load/bench_worker.py measures it; docs/design.md has the figures).
 SMALL_BATCH = 8
 
 
@@ -165,6 +166,15 @@ def first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+# What a model's own code raises when it cannot serve: scikit-learn's checks and numpy's on rows of the wrong shape
+# or type (ValueError, TypeError, LookupError for an index or a column not there), an estimator with no classes_ or
+# predict_proba (AttributeError), arithmetic that fails (ZeroDivisionError, OverflowError, FloatingPointError under
+# np.errstate), and RuntimeError (NotImplementedError, RecursionError, and what an estimator raises for a state it
+# cannot handle).
+MODEL_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, AttributeError, LookupError, ArithmeticError,
+                                             RuntimeError)
+
+
 def ready_model(estimator: Any, name: str, version: str, run_id: str) -> ServedModel:
     """Wrap a loaded estimator, check it against the contract and warm it; raise ModelLoadError if it cannot serve."""
     try:
@@ -173,7 +183,7 @@ def ready_model(estimator: Any, name: str, version: str, run_id: str) -> ServedM
         model.warm()
     except ModelLoadError:
         raise
-    except Exception as exc:  # no classes_, a predict_proba that fails or answers the wrong shape, ...
+    except MODEL_ERRORS as exc:  # no classes_, a predict_proba that fails or answers the wrong shape, ...
         raise ModelLoadError(f"{type(exc).__name__}: {first_line(exc)}") from exc
     return model
 
@@ -280,13 +290,30 @@ def skops_file(model_dir: Path) -> str:
     return name
 
 
+# What skops and numpy raise building an estimator from a file whose schema or arrays are not what they say, besides
+# MODEL_ERRORS (a node of the wrong type, a missing array file: KeyError): zipfile.BadZipFile, and for a malformed
+# .npy array EOFError (an empty file), tokenize.TokenError (a header numpy cannot tokenise) and MemoryError (numpy
+# cannot allocate the shape a header claims). tests/unit/worker/test_model_errors.py builds each.
+SKOPS_ERRORS: tuple[type[Exception], ...] = (*MODEL_ERRORS, zipfile.BadZipFile, EOFError, tokenize.TokenError,
+                                             MemoryError)
+
+
 def load_skops_file(path: Path) -> Any:
     """Load an estimator from a skops file if it names only allowed types; raise ModelLoadError if not."""
     audit_skops_file(path)
     import skops.io
 
-    # Our list, never the version's: skops adds it to its defaults, which our audit has already narrowed.
-    return skops.io.load(path, trusted=sorted(SKOPS_ALLOWED_TYPES))
+    try:
+        # Our list, never the version's: skops adds it to its defaults, which our audit has already narrowed.
+        return skops.io.load(path, trusted=sorted(SKOPS_ALLOWED_TYPES))
+    except SKOPS_ERRORS as exc:
+        raise ModelLoadError(f"its skops file cannot be loaded: {type(exc).__name__}: {first_line(exc)}") from exc
+
+
+# What fetching a version's files raises besides the registry client's errors (Registry.errors): ImportError for an
+# artifact store whose client library this image lacks (s3:// needs boto3, gs:// google-cloud-storage), ValueError
+# for an artifact URI its repository cannot parse; and ModelLoadError, from the checks of what was fetched.
+FETCH_ERRORS: tuple[type[Exception], ...] = (ImportError, ValueError, ModelLoadError)
 
 
 class Registry:
@@ -294,7 +321,9 @@ class Registry:
 
     def __init__(self, settings: Settings) -> None:
         import mlflow
+        import requests
         from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
 
         # Defence in depth: should anything in this worker process reach MLflow's own model loaders, they refuse
         # every format (skops too). Forced, not defaulted: the environment may have turned it on.
@@ -302,6 +331,10 @@ class Registry:
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         self.settings = settings
         self.client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+        # What the registry client raises (here, not at module level: importing MLflow takes seconds): MlflowException,
+        # which its stores raise and wrap their database and HTTP errors in; requests' errors, which an artifact
+        # download over HTTP raises unwrapped; OSError, from a local store's files and directories.
+        self.errors: tuple[type[Exception], ...] = (MlflowException, requests.RequestException, OSError)
 
     def _error(self, uri: str, exc: BaseException) -> ModelLoadError:
         # The tracking URI may carry a password (http://user:pw@mlflow), and so may an error that quotes it.
@@ -314,7 +347,7 @@ class Registry:
         try:
             return str(self.client.get_model_version_by_alias(settings.iris_model_name,
                                                               settings.iris_model_alias).version)
-        except Exception as exc:  # whatever the registry client raises (MlflowException, requests' errors, ...)
+        except self.errors as exc:
             raise self._error(settings.model_uri, exc) from exc
 
     def load(self, version: str) -> ServedModel:
@@ -338,5 +371,5 @@ class Registry:
                 mlflow.artifacts.download_artifacts(artifact_uri=f"{files}/{data}", dst_path=tmp)
                 estimator = load_skops_file(Path(tmp) / data)
             return ready_model(estimator, name, str(version), str(run_id))
-        except Exception as exc:  # the registry, the artifact store, skops and the model itself raise many types
+        except (*self.errors, *FETCH_ERRORS) as exc:  # skops's and the model's own are ModelLoadErrors by now
             raise self._error(uri, exc) from exc

@@ -47,16 +47,17 @@ class ModelSwapper:
 
     def __init__(self, resolve: Callable[[], str], load: Callable[[str], ServedModel],
                  clock: Callable[[], float] = time.time) -> None:
-        self._resolve = resolve  # the version the alias names now
-        self._load = load  # load, check and warm one version, raising when it cannot serve
+        self._resolve = resolve  # the version the alias names now, raising ModelLoadError when it cannot tell
+        self._load = load  # load, check and warm one version, raising ModelLoadError when it cannot serve
         self._clock = clock
         self.current: ServedModel | None = None
         self.counters = SwapCounters()
         self.refused: str | None = None
         self.last_check: dict[str, Any] | None = None
         self.last_failure: dict[str, Any] | None = None
-        # Called after each swap, off the lock (a prefork pool replaces its children); retried at each check
-        # until it returns, so a broker outage at that moment does not leave children on the old version.
+        # Called after each swap, off the lock (a prefork pool replaces its children); when it raises ConnectionError
+        # (the broker did not take it), retried at each check until it returns, so a broker outage at that moment
+        # does not leave children on the old version.
         self.on_swap: Callable[[ServedModel], None] | None = None
         self._unannounced: ServedModel | None = None
         self._lock = threading.Lock()  # one check at a time: the poller's, or start-up's
@@ -88,7 +89,7 @@ class ModelSwapper:
             return
         try:
             self.on_swap(model)
-        except Exception as exc:
+        except ConnectionError as exc:
             log.error("after swapping in version %s: %s; trying again at the next check", model.version,
                       first_line(exc), extra={"event": "model_swap_hook_failed", "model_version": model.version})
             return
@@ -98,7 +99,7 @@ class ModelSwapper:
     def _check(self, force: bool) -> tuple[Outcome, str | None, str | None]:
         try:
             version = self._resolve()
-        except Exception as exc:
+        except ModelLoadError as exc:
             self.counters.check_failures += 1
             if not self._unreachable:  # one line per outage, not one per poll
                 log.warning("model check: the registry does not answer, the served version stays: %s",
@@ -114,7 +115,7 @@ class ModelSwapper:
             return Outcome.SKIPPED, version, None
         try:
             model = self._load(version)
-        except Exception as exc:
+        except ModelLoadError as exc:
             return self._refuse(version, serving, exc)
         self.counters.loads += 1
         # The swap: one reference assignment. A batch that read the old model finishes with it; the next
@@ -127,8 +128,8 @@ class ModelSwapper:
                                     "previous_version": serving})
         return Outcome.SWAPPED, version, None
 
-    def _refuse(self, version: str, serving: str | None, exc: Exception) -> tuple[Outcome, str, str]:
-        reason = first_line(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {first_line(exc)}"
+    def _refuse(self, version: str, serving: str | None, exc: ModelLoadError) -> tuple[Outcome, str, str]:
+        reason = first_line(exc)
         self.counters.load_failures += 1
         self.refused = version
         self.last_failure = {"version": version, "error": reason, "at": self._clock()}

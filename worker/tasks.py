@@ -17,6 +17,11 @@ from worker.metrics import TaskMetrics
 from worker.model import ServedModel
 
 
+def _failed(failure: Exception) -> dict[str, Any]:
+    """Return a reply's error part for ``failure``: its type's name and its message."""
+    return {"error": {"raised": type(failure).__name__, "message": str(failure)}}
+
+
 def _rows_or_raise(payloads: list[Any], title: str) -> list[list[float]]:
     """Validate payloads, raising an error that names the field and crosses the queue as JSON."""
     try:
@@ -83,15 +88,13 @@ def register_tasks(app: Celery, model: Callable[[], ServedModel], metrics: TaskM
         stored: list[Any]
         outcome: dict[str, Any]
         with timer(names.CLASSIFY_ROWS):
-            try:
-                if len(rows) != len(task_ids):
-                    raise PayloadValidationError(f"{len(rows)} rows for {len(task_ids)} task ids")
-                _refuse_over(len(rows), internal_rows)
-                stored = model().predict_rows(rows)
+            predictions, failure = _predict(rows, len(task_ids))
+            if failure is None:
+                stored = predictions
                 state, outcome = states.SUCCESS, {"results": stored}
-            except Exception as exc:
-                stored = [exc] * len(task_ids)
-                state, outcome = states.FAILURE, {"error": {"raised": type(exc).__name__, "message": str(exc)}}
+            else:
+                stored = [failure] * len(task_ids)
+                state, outcome = states.FAILURE, _failed(failure)
             _answer(classify_rows.request, task_ids, stored, state, outcome, reply_to,
                     get_settings().row_result_expires_seconds)
             if state == states.SUCCESS:
@@ -102,17 +105,25 @@ def register_tasks(app: Celery, model: Callable[[], ServedModel], metrics: TaskM
         """Predict one batch request's rows, validated by the API, and answer them as one list under ``task_id``."""
         outcome: dict[str, Any]
         with timer(names.CLASSIFY_TABLE):
-            try:
-                _refuse_over(len(rows), internal_rows)
-                results: Any = model().predict_rows(rows)
-                state, outcome = states.SUCCESS, {"results": [results]}
-            except Exception as exc:
-                results = exc
-                state, outcome = states.FAILURE, {"error": {"raised": type(exc).__name__, "message": str(exc)}}
+            predictions, failure = _predict(rows, None)
+            results: Any = predictions if failure is None else failure
+            state, outcome = (states.SUCCESS, {"results": [results]}) if failure is None else (states.FAILURE,
+                                                                                                _failed(failure))
             _answer(classify_table.request, [task_id], [results], state, outcome, reply_to,
                     get_settings().result_expires_seconds)
             if state == states.SUCCESS:
                 predicted(results)
+
+    def _predict(rows: list[list[float]], ids: int | None) -> tuple[Any, Exception | None]:
+        """Predict an internal task's rows (``ids``: how many task ids they answer, if one each): the predictions
+        and None, or None and the failure."""
+        try:
+            if ids is not None and len(rows) != ids:
+                raise PayloadValidationError(f"{len(rows)} rows for {ids} task ids")
+            _refuse_over(len(rows), internal_rows)
+            return model().predict_rows(rows), None
+        except Exception as exc:  # broad: every id waits for an answer; a failure of any type is answered at once
+            return None, exc
 
     def _answer(request: Any, task_ids: list[str], stored: list[Any], state: str, outcome: dict[str, Any],
                 reply_to: str | None, expires: int) -> None:

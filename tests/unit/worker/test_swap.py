@@ -3,10 +3,14 @@
 import json
 import logging
 import threading
+from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
 import pytest
+import redis
+from celery.concurrency.prefork import TaskPool as PreforkPool
+from kombu.exceptions import OperationalError
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -14,6 +18,7 @@ from sklearn.preprocessing import StandardScaler
 
 from shared.logs import json_formatter
 from shared.schemas import FEATURES, LABELS
+from worker.app import _pool_recycler
 from worker.model import ModelLoadError, ServedModel, ready_model
 from worker.swap import ModelSwapper, Outcome
 
@@ -221,3 +226,46 @@ def test_start_raises_when_the_first_version_cannot_serve(registry: FakeRegistry
     registry.alias = "4"
     with pytest.raises(ModelLoadError, match="model predicts labels"):
         ModelSwapper(registry.resolve, registry.load).start()
+
+
+class Surprise(Exception):
+    """A failure of a type the swapper does not expect from the registry."""
+
+
+@pytest.mark.parametrize("step", ["resolve", "load"])
+def test_a_registry_failure_of_an_unexpected_type_leaves_the_served_version_for_the_poller_to_log(
+    swapper: ModelSwapper, registry: FakeRegistry, step: str
+) -> None:
+    def fail(*_: Any) -> Any:
+        raise Surprise("a bug")
+
+    registry.alias = "2"
+    setattr(swapper, f"_{step}", fail)
+    with pytest.raises(Surprise):
+        swapper.check()
+    assert swapper.current is not None and swapper.current.version == "1"
+    assert swapper.counters.load_failures == 0 and swapper.refused is None
+
+
+@pytest.mark.parametrize("failure", [redis.ConnectionError("Error 111 connecting to redis:6379"),
+                                     OperationalError("failed to publish after 3 retries")],
+                         ids=lambda exc: type(exc).__name__)
+def test_a_prefork_pool_restart_the_broker_refuses_is_sent_again_at_the_next_check(
+    swapper: ModelSwapper, registry: FakeRegistry, failure: Exception
+) -> None:
+    sent: list[list[str]] = []
+
+    def pool_restart(destination: list[str], reply: bool) -> None:
+        sent.append(destination)
+        if len(sent) == 1:
+            raise failure
+
+    consumer = SimpleNamespace(pool=PreforkPool.__new__(PreforkPool), hostname="w@host",
+                               app=SimpleNamespace(control=SimpleNamespace(pool_restart=pool_restart)),
+                               connection_errors=(redis.ConnectionError,), channel_errors=(redis.ResponseError,))
+    swapper.on_swap = _pool_recycler(consumer)
+    registry.alias = "2"
+    assert swapper.check() is Outcome.SWAPPED
+    assert swapper.check() is Outcome.UNCHANGED
+    swapper.check()
+    assert sent == [["w@host"], ["w@host"]]
