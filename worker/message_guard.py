@@ -18,7 +18,7 @@ The desk logs one JSON line per message (the reason, a short detail of ours, the
 body), counts it (``iris_rejected_messages_total{reason}``, worker/metrics.py), sends Celery's ``task_rejected``
 (the watchdog takes it as proof the consumer consumes), and stores a FAILURE under a public task's id, so that
 its caller's wait or poll ends. The message is acknowledged: nothing brings it back. What passes costs a few
-type checks (about 4 µs of a one-row edge batch's ~360 µs); the body is decoded once, as the strategy would decode
+type checks (docs/security.md, "What the guards cost"); the body is decoded once, as the strategy would decode
 it anyway. Written against Celery 5.7.0: tests/unit/worker/test_message_guard.py pins the consumer hooks
 overridden here and ``update_strategies``, where each strategy is wrapped.
 """
@@ -156,7 +156,10 @@ class Desk:
         try:
             # A stored SUCCESS is kept (Celery's _store_result): a refusal never overwrites an answer.
             self.app.backend.store_result(task_id, failure, states.FAILURE)
-        except Exception as exc:  # broad: whatever the backend raises, the message is dropped and the consumer goes on
+        except Exception as exc:  # broad: Celery first reads and decodes what the backend holds under this id, which
+            # whoever wrote the message can write too, through decompressors, codecs and exception rebuilding that
+            # each raise their own types (zlib.error, SecurityError, ...); the message is dropped all the same and
+            # the consumer must go on.
             log.warning("could not store the refusal of task %s: %s", task_id, redact(str(exc)))
 
 
@@ -221,7 +224,7 @@ def body_problem(payload: Any) -> Problem | None:
 
 
 def rows_problem(rows: list[Any]) -> Problem | None:
-    """Return what is wrong with rows that must be lists of 4 finite numbers, or None (C loops: ~0.2 µs a row)."""
+    """Return what is wrong with rows that must be lists of 4 finite numbers, or None (checked in C loops)."""
     if not rows:
         return BAD_BODY, "no rows"
     if set(map(type, rows)) != _LIST or set(map(len, rows)) != _FOUR:

@@ -81,7 +81,7 @@ class ModelPoller:
                 continue
             try:
                 self._check(woken)
-            except Exception:  # the check logs its own failures; this keeps the thread alive whatever it raised
+            except Exception:  # broad: the checks log the failures they expect; this thread must outlive any other
                 log.exception("model check failed")
             if covering is not None:
                 self.answered = covering

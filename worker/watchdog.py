@@ -2,7 +2,7 @@
 
 A worker whose broker connection broke in some ways never consumes again and logs nothing: paused through a
 Redis restart, it blocks forever in a pub/sub read (celery/celery#10205, #9054, #8030; reproduced here with
-kombu 5.7 and redis-py 8.1, README "Reliability"). No transport option reaches that read, so this watchdog
+kombu 5.7 and redis-py 8.1, docs/reliability.md). No transport option reaches that read, so this watchdog
 checks the one thing that matters, end to end: a probe task published to this worker's own queue must be
 received. A thread in the main process publishes one when the worker has received nothing for
 ``WORKER_WATCHDOG_INTERVAL_SECONDS``. If Redis accepted the probe and the consumer has not received it
@@ -141,7 +141,8 @@ class ConsumerWatchdog:
             with self.app.connection_for_write() as conn:
                 self.app.send_task(PROBE_TASK, queue=self.queue, ignore_result=True, producer=conn.Producer(),
                                    retry=False)
-        except Exception as exc:
+        except Exception as exc:  # broad: a probe that was not published, for whatever reason, says nothing of the
+            # consumer; and this thread, the only one that can end a stalled worker, must outlive the failure.
             if not self._broker_down:
                 log.warning("watchdog: cannot reach the broker (%s); not probing until it answers", redact(str(exc)))
             self._broker_down = True
@@ -168,14 +169,18 @@ class ConsumerWatchdog:
         log.error("watchdog: %s received no probe within %.0f s although the broker accepted it; the consumer "
                   "is stalled, exiting with status %d so that a fresh worker replaces this one",
                   self.nodename, self.detector.timeout, EXIT_STALLED)
-        self._salvage()
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        sys.stderr.flush()
-        for child in active_children():  # prefork pool processes must not outlive their parent
-            if child.pid:
-                os.kill(child.pid, signal.SIGKILL)
-        os._exit(EXIT_STALLED)
+        try:
+            self._salvage()
+        finally:  # the salvage names the failures it expects; whatever else it raised, a stalled worker exits
+            if (unexpected := sys.exception()) is not None:
+                log.error("watchdog: the salvage of unread tasks failed: %s", redact(repr(unexpected)))
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            sys.stderr.flush()
+            for child in active_children():  # prefork pool processes must not outlive their parent
+                if child.pid:
+                    os.kill(child.pid, signal.SIGKILL)
+            os._exit(EXIT_STALLED)
 
 
 def install(app: Celery, settings: Settings) -> None:

@@ -23,6 +23,8 @@ from api.batching.batcher import WorkerError
 log = logging.getLogger(__name__)
 
 # Called with one answered batch: (task_ids, results or None, error or None).
+# What delivering a reply whose shape passed parse_reply may still raise on odd values, or unconnected.
+HAND_ON_ERRORS = (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError)
 OnReply = Callable[[Sequence[str], Sequence[Any] | None, WorkerError | None], None]
 # A reply larger than this is refused unread; the API sizes it from BATCH_MAX_SIZE and BATCH_MAX_ROWS.
 MAX_REPLY_BYTES = 4 * 1024 * 1024
@@ -119,9 +121,9 @@ class ReplyListener:
             if self._on_reply is None:
                 raise RuntimeError("the reply listener was started before connect()")
             self._on_reply(ids, results, error)
-        except Exception as exc:
-            # broad: whatever one reply breaks must not end the subscription, which would lose every other reply
-            # sent until it is back. A well-formed reply should never get here.
+        except HAND_ON_ERRORS as exc:
+            # One reply whose values break delivery must not end the subscription, which would lose every other
+            # reply sent until it is back. A well-formed reply should never get here.
             self._reject(f"handing it on raised {type(exc).__name__}", len(data))
 
     def _reject(self, reason: str, size: int) -> None:

@@ -71,7 +71,7 @@ class Guard:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+                 _tb: TracebackType | None) -> None:
         if kind is None:
             self._circuit._down = False
         elif exc is not None and issubclass(kind, REDIS_DOWN):

@@ -230,6 +230,12 @@ class Channel(kombu_redis.Channel):
             raise UnreadableBody("the body does not decode as its body_encoding says") from None
 
 
+# What salvaging one channel's reply raises: redis-py's errors reading the reply or pushing it back (ConnectionError,
+# TimeoutError, ResponseError, InvalidResponse), a socket's OSError, and TypeError or ValueError when the unread reply
+# is not a BRPOP's [key, message] (redis-py's BRPOP callback makes a tuple of whatever it read).
+SALVAGE_ERRORS = (redis.RedisError, OSError, TypeError, ValueError)
+
+
 def salvage_unread_replies(transport: Any, push: Callable[[Any, bytes, bytes], None] | None = None) -> int:
     """Push every BRPOP reply waiting unread on ``transport``'s channels back onto its queue; return how many.
 
@@ -252,7 +258,7 @@ def salvage_unread_replies(transport: Any, push: Callable[[Any, bytes, bytes], N
                 key, message = reply
                 push(channel, key, message)
                 salvaged += 1
-        except Exception as exc:  # the process is exiting: report, never raise
+        except SALVAGE_ERRORS as exc:  # the process is exiting: report, and go on to the next channel
             log.error("could not put an unread task back on its queue: %s", exc)
     return salvaged
 

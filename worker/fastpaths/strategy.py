@@ -7,8 +7,8 @@ revocation, ETA and rate limits, records the request as reserved and active in `
 (``celery.app.trace.build_tracer``: the task stack, result and state bookkeeping, the success and failure
 handlers). The API's internal messages need none of that: they are never revoked, delayed, rate limited or
 stored under their own id, they come from the rows queue that is consumed without acknowledgements, and the task
-stores its own answers. ``load/bench_worker.py`` measured 467-517 µs of worker CPU per one-row edge batch with
-this strategy against 580-640 µs with Celery's (solo pool, six alternating rounds).
+stores its own answers. It saves about a fifth of a worker's CPU per one-row edge batch (``load/bench_worker.py``;
+docs/design.md, "Fast paths", has the figures).
 
 :func:`lean` decodes the message (:func:`decode`: JSON with orjson; still refusing content types outside
 ``accept_content``, so never pickle), pushes the task's request context (the message headers, such as
@@ -63,7 +63,8 @@ def lean(task: Task, app: Celery, consumer: Any, **options: Any) -> Callable[...
                 prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
             try:
                 run(*args, **kwargs)
-            except Exception:
+            except Exception:  # broad: as under Celery's tracer, whatever a task raises ends with its message,
+                # logged, and never reaches the consumer's loop; the tasks answer the failures they expect themselves.
                 state = "FAILURE"
                 log.exception("%s %s raised unexpectedly", task.name, task_id)
             if postrun.receivers:

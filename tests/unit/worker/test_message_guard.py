@@ -5,6 +5,7 @@ Also what a refusal does (logged, counted, answered, acknowledged) and the Celer
 
 import inspect
 import logging
+import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -330,6 +331,22 @@ def test_a_backend_that_fails_costs_the_failure_result_not_the_consumer(caplog: 
         the_desk.reject("bad_body", "no body", {"task": names.CLASSIFY, "id": "public-1"}, "iris")
     assert the_desk.counts["bad_body"] == 1
     assert "could not store the refusal of task public-1" in caplog.text and "hunter2" not in caplog.text
+
+
+def test_a_result_key_written_to_fail_celerys_decoding_costs_the_failure_result_not_the_consumer(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Why the desk's store stays broad: Celery reads what the key holds first, and whoever can push a message can
+    # write it, down to the decompressor Celery picks from the value itself (zlib.error here).
+    app = Celery("test", backend="cache+memory://", set_as_current=False)  # a process-wide cache: a key of its own
+    task_id = f"public-{uuid.uuid4()}"
+    key = app.backend.get_key_for_task(task_id)
+    app.backend.set(key, b"\x00celery-compressed\x00application/x-gzip\x00not gzip")
+    the_desk = Desk(app, LIMITS)
+    with caplog.at_level(logging.WARNING, logger="worker.message_guard"):
+        the_desk.reject("bad_body", "no body", {"task": names.CLASSIFY, "id": task_id}, "iris")
+    app.backend.delete(key)
+    assert the_desk.counts["bad_body"] == 1
+    assert f"could not store the refusal of task {task_id}: Error -3 while decompressing data" in caplog.text
 
 
 def test_a_batch_too_large_for_the_transport_fails_naming_the_row_limit() -> None:

@@ -6,8 +6,9 @@ from typing import Any
 import pytest
 from celery import Celery, signals
 
+import worker.watchdog as watchdog_module
 from shared.settings import Settings
-from worker.watchdog import StallDetector, Verdict, install
+from worker.watchdog import EXIT_STALLED, ConsumerWatchdog, StallDetector, Verdict, install
 
 
 def detector(now: float = 0.0) -> StallDetector:
@@ -97,3 +98,26 @@ def test_a_message_the_guard_dropped_counts_as_received(monkeypatch: pytest.Monk
     watchdog.detector.last_seen = -100.0
     on_rejected(sender=None, message=None, exc=None)
     assert watchdog.detector.last_seen > 0
+
+
+class Exited(BaseException):
+    """Raised by the test's os._exit, which must not end the test run."""
+
+
+def test_a_stalled_worker_exits_whatever_the_salvage_of_its_unread_tasks_raised(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    def salvage(transport: Any) -> int:
+        raise LookupError("a failure of a type the salvage does not expect")
+
+    def exit_(status: int) -> None:
+        raise Exited(status)
+
+    monkeypatch.setattr(watchdog_module.brpop, "salvage_unread_replies", salvage)
+    monkeypatch.setattr(watchdog_module, "active_children", list)
+    monkeypatch.setattr(watchdog_module.os, "_exit", exit_)
+    watchdog = ConsumerWatchdog(Celery("test", broker="memory://", set_as_current=False), "w@host", Settings())
+    watchdog.consumer = SimpleNamespace(connection=SimpleNamespace(transport=object()))
+    with pytest.raises(Exited) as exited:
+        watchdog._exit()
+    assert exited.value.args == (EXIT_STALLED,)
+    assert "the salvage of unread tasks failed: LookupError" in caplog.text

@@ -154,6 +154,27 @@ def test_salvage_reports_a_failure_and_never_raises(sockets: tuple[socket.socket
     assert brpop.salvage_unread_replies(transport, push=lambda ch, k, m: None) == 0
 
 
+@pytest.mark.parametrize("unread", [redis.ResponseError("WRONGTYPE"), (b"iris", b"{}", b"extra"), 5],
+                         ids=["error-reply", "not-key-and-message", "not-a-list"])
+def test_salvage_reports_a_reply_that_is_not_a_brpops_and_goes_on_to_the_next_channel(
+        unread: Any, caplog: pytest.LogCaptureFixture) -> None:
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        for _, theirs in pairs:
+            theirs.sendall(b"pending")
+        odd = channel_with(ReplyClient(pairs[0][0], unread))
+        waiting = channel_with(ReplyClient(pairs[1][0], (b"iris", b'{"task": 1}')))
+        pushed: list[tuple[bytes, bytes]] = []
+        count = brpop.salvage_unread_replies(type("T", (), {"channels": [odd, waiting]})(),
+                                             push=lambda ch, k, m: pushed.append((k, m)))
+    finally:
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
+    assert count == 1 and pushed == [(b"iris", b'{"task": 1}')]
+    assert "could not put an unread task back on its queue" in caplog.text
+
+
 # What is delivered or dropped: the channel's check of each popped payload.
 
 # sha256 of kombu 5.7.0's Channel._brpop_read, which the guard's _brpop_read copies with the payload check added.
