@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     # (row_result_hold_seconds), or at thousands of rows a second Redis would hold gigabytes of answers.
     row_result_expires_seconds: int = Field(600, ge=60)
     # Redis gives a task back to the queue when its worker has not acknowledged it this long after delivery,
-    # within 5 s more (README, Reliability). Tasks take milliseconds; 120 s is twice task_time_limit (enforced
+    # within 5 s more (docs/reliability.md). Tasks take milliseconds; 120 s is twice task_time_limit (enforced
     # by the prefork pool only), and brings a dead worker's task back in about 2 minutes.
     visibility_timeout_seconds: int = Field(120, ge=10)
     # Admission: new work answers 503 + Retry-After once this many task messages wait in the two queues together,
@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     batch_max_rows: int = Field(1000, ge=1)
     key_prefix: str = "iris:"
     # A batch predicts in microseconds, so one process with no pool IPC is the lean default; scale out with
-    # more processes. threads and prefork measured no better on 2 cores (README, Scaling out).
+    # more processes. threads and prefork measured no better on 2 cores (docs/deployment.md, "Scaling out").
     worker_pool: str = "solo"
     worker_concurrency: int | None = Field(None, ge=1)
     # The worker's watchdog (worker/watchdog.py) sends a probe task to the worker's own queue when it has
@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     # slowest path (a publish, then a reconnect's two pings) waits three times this: keep it under 5 s.
     api_redis_timeout_seconds: float = Field(1.0, gt=0, le=1.5)
     # The fast paths reach past Celery's, kombu's or redis-py's documented APIs, each in one module named for
-    # what it bypasses, pinned to the versions its contract test ran on (README, "Fast paths"). FAST_PATHS=0
+    # what it bypasses, pinned to the versions its contract test ran on (docs/design.md, "Fast paths"). FAST_PATHS=0
     # switches every one of them to the documented API: the way out when a library upgrade breaks one.
     fast_paths: bool = True
     # Prometheus metrics: the API's GET /metrics (summed over its server's worker processes) and each worker's

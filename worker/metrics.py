@@ -4,7 +4,7 @@ the queue messages dropped as malformed, by reason (worker/message_guard.py), re
 
 The default pool, solo, runs tasks in that main process, so the port sees everything. A prefork pool runs them
 in child processes whose task and prediction figures this port does not see (the model figures stay right: the
-main process loads and swaps); run more solo workers instead, as the README's Scaling out advises.
+main process loads and swaps); run more solo workers instead, as docs/deployment.md, "Scaling out", advises.
 """
 
 import logging
@@ -125,7 +125,7 @@ class WorkerMetrics:
             return
         # poll_interval=None: the thread sleeps until a scrape connects. prometheus_client's start_http_server
         # wakes it twice a second to look for a shutdown; beside a solo worker's busy main thread that cost
-        # ~10% of the stack's req/s in alternating runs (README, "What metrics cost").
+        # a visible share of the stack's req/s in alternating runs (docs/observability.md, "What metrics cost").
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": None}, name="iris-metrics",
                          daemon=True).start()
         self._server = server

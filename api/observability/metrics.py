@@ -51,8 +51,8 @@ class ApiMetrics:
     A request only queues its endpoint, status and duration; a thread of each process moves the queued figures
     into prometheus-client's values every ``FLUSH_SECONDS``, one write per series, and a scrape first moves its
     own process's. So a scrape sums every process's requests up to about a second ago. Recording a request
-    costs a deque append instead of three locked writes to memory-mapped files (docs/observability.md, "What metrics cost"), and
-    so does observing an edge batch's size.
+    costs a deque append instead of three locked writes to memory-mapped files (docs/observability.md, "What
+    metrics cost"), and so does observing an edge batch's size.
     """
 
     FLUSH_SECONDS = 1.0

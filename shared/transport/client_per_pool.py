@@ -1,11 +1,9 @@
 """kombu's Redis transport, reusing one Redis client per connection pool instead of building one per call.
 
 Written against kombu 5.7.0, whose ``Channel.conn_or_acquire`` calls the private ``Channel._create_client`` for
-every publish and every ack. redis-py 6+ fills about 250 response callbacks into each new client, which
-measured 110 µs here: a seventh of the worker's time per message and a tenth of the API's publish.
-``load/bench_fastpaths.py`` measured a ``basic_publish`` at 66-68 µs of CPU through this transport against
-160-163 µs through kombu's own, and a publish, get and ack at 350-380 µs against 720-820 µs (README, "Fast
-paths"). A client over a connection pool is thread-safe, so one per pool is enough.
+every publish and every ack. redis-py 6+ fills about 250 response callbacks into each new client: a large share
+of the worker's time per message and of the API's publish (``load/bench_fastpaths.py``; docs/design.md, "Fast
+paths", has the figures). A client over a connection pool is thread-safe, so one per pool is enough.
 
 tests/unit/shared/transport/test_client_per_pool.py pins what this relies on: ``_create_client``'s signature,
 that kombu builds every client there, and that kombu replaces ``Channel._pool`` / ``_async_pool`` after a fork

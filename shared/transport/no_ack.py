@@ -6,8 +6,7 @@ each of its messages, and the virtual transport's ``basic_ack`` then runs a MULT
 a record that was never written. kombu's ``Message.ack`` already returns early for a consumer listed in
 ``channel.no_ack_consumers`` (the AMQP transports fill it in); the virtual channel leaves it None. This channel
 fills it in, and names the consumer in each such message's ``delivery_info`` as AMQP does, so that check works.
-``load/bench_worker.py`` measured a worker's CPU per one-row edge batch at 550 µs with this against 690 µs
-without it (and 860 µs when the rows queue was acknowledged like any other).
+``load/bench_worker.py`` measures what it saves of a worker's CPU per edge batch (docs/design.md, "Fast paths").
 
 tests/unit/shared/transport/test_no_ack.py pins what this relies on: ``Message.ack`` reads
 ``channel.no_ack_consumers`` and ``delivery_info["consumer_tag"]``, and the virtual ``basic_consume`` hands the

@@ -1,9 +1,9 @@
 """Store a batch's per-row results in Celery's result format with one Lua script call, past ``store_result``.
 
-Written against Celery 5.7.0. ``backend.store_result`` costs a GET, then a SET and a PUBLISH, per task id: about
-250 µs of worker CPU each. The script writes every id of a batch and publishes the batch's one reply in a single
-round trip, with the loop run by Redis. ``load/bench_fastpaths.py`` measured 200-290 µs of CPU per 16-row batch
-against about 4,000 µs for the documented calls (0.4-0.7 ms against 7-8 ms of wall clock; README, "Fast paths").
+Written against Celery 5.7.0. ``backend.store_result`` costs a GET, then a SET and a PUBLISH, per task id. The
+script writes every id of a batch and publishes the batch's one reply in a single round trip, with the loop run
+by Redis: a fraction of the documented calls' CPU and wall clock (``load/bench_fastpaths.py``; docs/design.md,
+"Fast paths", has the figures).
 
 What it takes from Celery's internals, each pinned by tests/unit/worker/fastpaths/test_store_result.py:
 the meta ``BaseBackend._get_result_meta`` builds and its JSON; ``RedisBackend.get_key_for_task``, ``.client``,
