@@ -5,6 +5,7 @@ from typing import Any
 
 from shared import tasks
 from shared.reload import describe, request_reload, wait_for_checks
+from tests.unit.fake_clock import FakeClock
 
 
 def info(version: str, answered: int, outcome: str = "swapped", error: str | None = None) -> dict[str, Any]:
@@ -28,17 +29,6 @@ class FakeControl:
         return self.script[command].pop(0)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def test_request_reload_keeps_the_tickets_of_the_workers_that_acknowledged() -> None:
     control = FakeControl({tasks.RELOAD_MODEL_COMMAND: [[{"a@h": {"ok": "model check requested", "ticket": 3}},
                                                           {"b@h": {"error": "this worker is not polling yet"}}]]})
@@ -50,7 +40,7 @@ def test_wait_for_checks_waits_until_each_worker_answered_its_ticket() -> None:
         [{"a@h": info("1", answered=0)}, {"b@h": info("2", answered=5)}],
         [{"a@h": info("2", answered=1)}],
     ]})
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     done = wait_for_checks(SimpleNamespace(control=control), {"a@h": 1, "b@h": 5}, 10.0,
                            clock=clock, sleep=clock.sleep)
     assert {name: i["model_version"] for name, i in done.items()} == {"a@h": "2", "b@h": "2"}
@@ -59,7 +49,7 @@ def test_wait_for_checks_waits_until_each_worker_answered_its_ticket() -> None:
 
 def test_wait_for_checks_gives_up_at_the_timeout() -> None:
     control = FakeControl({tasks.MODEL_INFO_COMMAND: [[{"a@h": info("1", answered=0)}]] * 100})
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     done = wait_for_checks(SimpleNamespace(control=control), {"a@h": 1}, 1.0,
                            clock=clock, sleep=clock.sleep)
     assert done == {} and len(control.calls) == 5

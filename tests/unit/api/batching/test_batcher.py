@@ -7,19 +7,10 @@ import pytest
 
 from api.batching.batcher import EdgeBatcher, Pending, PublishFailed, WorkerError
 from tests.unit.api.batching.queue_rows import queue_row
+from tests.unit.fake_clock import FakeClock
 
 # A wait no test may sit out: were the fake clock ignored, flush_once would block this long on a slot.
 LONG_WAIT_MS = 60_000.0
-
-
-class FakeClock:
-    """A monotonic clock that moves only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakePublisher:

@@ -12,6 +12,7 @@ import pytest
 from api.batching import replies
 from api.batching.batcher import WorkerError
 from api.batching.replies import MalformedReply, ReplyListener, max_reply_bytes, parse_reply
+from tests.unit.fake_clock import FakeClock
 
 DOWN = "redis://127.0.0.1:1/1"
 SECRET = "do-not-log-this-payload"
@@ -88,14 +89,6 @@ def test_the_size_bound_holds_a_workers_answer_to_the_largest_batch() -> None:
     assert max_reply_bytes(64, 1000) < 2 * 1024 * 1024  # but a flood of huge messages is refused unread
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_a_malformed_reply_is_skipped_counted_and_the_next_one_delivered(caplog: pytest.LogCaptureFixture) -> None:
     got: list[tuple[Sequence[str], Sequence[Any] | None, WorkerError | None]] = []
     counted: list[int] = []
@@ -111,7 +104,7 @@ def test_a_malformed_reply_is_skipped_counted_and_the_next_one_delivered(caplog:
 
 def test_skipped_messages_are_reported_at_most_once_a_second_with_their_count(
         caplog: pytest.LogCaptureFixture) -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     listener = ReplyListener(DOWN, "iris:", on_reply=lambda *_: None, clock=clock)
     caplog.set_level(logging.WARNING, logger=replies.__name__)
     for _ in range(50):

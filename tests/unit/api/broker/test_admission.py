@@ -15,17 +15,10 @@ from kombu.transport import redis as kombu_redis
 from api.broker.admission import Admission
 from api.broker.circuit import Circuit
 from api.errors import QueueFull, QueueUnavailable
+from tests.unit.fake_clock import FakeClock
 
 QUEUE, ROWS = "iris", "iris.rows"
 MAX_LENGTH = 100
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeChannel:

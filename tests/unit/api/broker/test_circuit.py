@@ -8,23 +8,16 @@ from kombu.exceptions import OperationalError
 
 from api.broker.circuit import Circuit
 from api.errors import QueueUnavailable
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.fake_clock import FakeClock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(100.0)
 
 
 @pytest.fixture
-def circuit(clock: Clock) -> Circuit:
+def circuit(clock: FakeClock) -> Circuit:
     return Circuit(open_seconds=1.0, clock=clock)
 
 
@@ -44,7 +37,7 @@ def test_a_redis_failure_becomes_queue_unavailable_and_trips_the_circuit(circuit
     assert circuit.is_open()
 
 
-def test_the_circuit_closes_after_open_seconds(circuit: Circuit, clock: Clock) -> None:
+def test_the_circuit_closes_after_open_seconds(circuit: Circuit, clock: FakeClock) -> None:
     with pytest.raises(QueueUnavailable), circuit.guard("reading"):
         raise redis.ConnectionError("down")
     clock.now += 1.01
