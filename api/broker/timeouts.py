@@ -15,10 +15,20 @@ from redis.retry import Retry
 _ONE_RETRY_ON_DROP = {"max_retries": 1, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.1}
 
 
+# Connections one API process keeps to the result backend: redis-py's own default bound.
+MAX_CONNECTIONS = 100
+
+
 def redis_client(url: str, timeout: float) -> redis.Redis:
-    """Return a Redis client whose every call gives up after ``timeout`` seconds."""
-    return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
-                                retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
+    """Return a Redis client whose every call gives up after ``timeout`` seconds.
+
+    Its pool blocks for a free connection (up to ``timeout``) rather than raising at once: more concurrent
+    requests than MAX_CONNECTIONS is a busy process, not a Redis outage, and must not trip the circuit.
+    """
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=MAX_CONNECTIONS, timeout=timeout, socket_connect_timeout=timeout,
+        socket_timeout=timeout, retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
+    return redis.Redis(connection_pool=pool)
 
 
 def bound_celery(celery: Celery, timeout: float) -> None:

@@ -38,6 +38,14 @@ def test_the_results_client_times_out_once_and_retries_only_a_dropped_connection
     assert redis.ConnectionError in retry._supported_errors and redis.TimeoutError not in retry._supported_errors
 
 
+def test_the_results_client_waits_for_a_free_connection_instead_of_failing_at_once() -> None:
+    # More concurrent requests than connections is a busy process, not a Redis outage: no 503, no tripped circuit
+    # (tests/integration/api/test_bounds.py sends 200 at once).
+    pool = redis_client(DOWN, 0.7).connection_pool
+    assert isinstance(pool, redis.BlockingConnectionPool)
+    assert pool.timeout == 0.7 and pool.max_connections == 100
+
+
 def test_the_api_celery_client_never_retries_a_timeout_and_caps_every_wait() -> None:
     celery = create_celery(Settings(celery_broker_url=DOWN, celery_result_backend=DOWN))
     bound_celery(celery, 0.8)
