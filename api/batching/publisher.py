@@ -16,6 +16,7 @@ from kombu.transport import virtual
 from api.batching import task_ids
 from api.batching.task_messages import EdgeMessages
 from api.broker.circuit import REDIS_DOWN, Circuit
+from api.errors import QueueUnavailable
 from shared import tasks
 
 
@@ -80,7 +81,7 @@ class EdgePublisher:
         """Put one ``name`` task message on the queue, retrying once on a fresh connection; with ``unread`` (the
         batch's task ids), leave Redis's reply to be read later (see the class docstring)."""
         if self._circuit.is_open():
-            raise redis.ConnectionError("Redis failed within the last second")
+            raise QueueUnavailable()  # the guard passes it on as is: no new failure, so no new trip
         # argsrepr: Celery would otherwise repr() every row into the headers. ignore_result: the answers go to
         # reply_to and each row's own id, never to this message's id.
         argsrepr = f"({rows} rows)"
@@ -88,7 +89,7 @@ class EdgePublisher:
         with self._lock:
             self._settle()  # the previous push's reply first: Redis answers in order
             if self._circuit.is_open():  # it was refused: so would this batch be
-                raise redis.ConnectionError("Redis failed within the last second")
+                raise QueueUnavailable()  # the guard passes it on as is: no new failure, so no new trip
             for attempt in (1, 2):  # a kept connection may have gone stale: retry once on a fresh one
                 try:
                     _, channel, producer = self._connection()

@@ -17,6 +17,7 @@ from kombu.transport import memory
 
 from api.batching.publisher import EdgePublisher
 from api.broker.circuit import Circuit
+from api.errors import QueueUnavailable
 from shared import tasks
 from shared.celery_app import create_celery
 from shared.settings import Settings
@@ -126,7 +127,7 @@ def test_both_paths_fire_the_publish_signals_once_per_batch(celery: Celery, queu
 def test_an_open_circuit_raises_without_publishing(celery: Celery, queue: str, circuit: Circuit,
                                                    fast: bool) -> None:
     circuit.trip()
-    with pytest.raises(redis.ConnectionError):
+    with pytest.raises(QueueUnavailable):
         publisher(celery, queue, circuit, fast)(ROWS, TASK_IDS, REQUEST_IDS)
     assert take(celery, queue) is None
 

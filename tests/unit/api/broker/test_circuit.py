@@ -75,3 +75,12 @@ def test_the_log_line_hides_a_password_the_error_quotes(circuit: Circuit, caplog
             circuit.guard("enqueuing"):
         raise OperationalError("cannot connect to redis://:s3cr3t-pw@redis:6379/0")
     assert "s3cr3t-pw" not in caplog.text and "redis://:***@redis:6379/0" in caplog.text
+
+
+def test_refusing_while_open_does_not_keep_the_circuit_open(circuit: Circuit, clock: FakeClock) -> None:
+    circuit.trip()
+    clock.now += 0.9
+    with pytest.raises(QueueUnavailable), circuit.guard("enqueuing"):
+        raise QueueUnavailable()  # a caller refusing at once because the circuit is open: no new failure
+    clock.now += 0.2
+    assert not circuit.is_open()  # closed one second after the real failure, whatever was refused meanwhile
