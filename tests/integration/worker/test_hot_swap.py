@@ -96,7 +96,9 @@ def test_a_promoted_version_answers_every_request_within_seconds_and_none_fails(
     assert {a.version for a in traffic.answers} == {"1", new}
     assert traffic.last_answer_not(new) == last_old  # nothing from version 1 arrived after the switch
     assert info["counters"]["swaps"] == 1 and info["counters"]["load_failures"] == 0
-    assert info["last_check"]["outcome"] == "swapped"
+    # Polling every second, a later check may already have found the alias where the swap left it.
+    assert info["last_check"]["outcome"] in ({"swapped"} if trigger == "reload command" else {"swapped", "unchanged"})
+    assert str(info["last_check"]["alias_version"]) == new
     print(f"\n[{trigger}] {traffic.summary()}; every answer from "
           f"version {new} {last_old - moved:.2f} s after the alias moved; /readyz showed it after "
           f"{shown - moved:.2f} s")
