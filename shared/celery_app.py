@@ -12,6 +12,12 @@ from shared.settings import Settings, get_settings
 # the server against the system's CAs, as redis-py does. Otherwise kombu would connect without verifying, the
 # transport subclass without TLS at all, and Celery's result backend would refuse to start.
 TLS_DEFAULTS = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
+
+
+def is_amqp(url: str) -> bool:
+    """Tell whether ``url`` names a RabbitMQ (AMQP 0-9-1) broker rather than Redis."""
+    return url.startswith(AMQP_SCHEMES)
 
 
 def create_celery(settings: Settings | None = None, name: str = "iris") -> Celery:
@@ -60,6 +66,8 @@ def create_celery(settings: Settings | None = None, name: str = "iris") -> Celer
         task_time_limit=60,
         task_soft_time_limit=30,
     )
+    if is_amqp(settings.celery_broker_url):
+        _hold_to_rabbitmq(app, settings)
     redis_broker = settings.celery_broker_url.startswith(("redis://", "rediss://"))
     if redis_broker and ";" not in settings.celery_broker_url:
         # kombu's transport with a lost-reply fix, and unless FAST_PATHS=0, minus a new client per publish and ack
@@ -71,6 +79,21 @@ def create_celery(settings: Settings | None = None, name: str = "iris") -> Celer
         app.conf.redis_backend_use_ssl = dict(TLS_DEFAULTS)
     return app
 
+
+def _hold_to_rabbitmq(app: Celery, settings: Settings) -> None:
+    """Make RabbitMQ keep what it accepted: a quorum task queue and publishes that wait for the broker's confirm.
+
+    A quorum queue is replicated and written to disk before the broker confirms a publish, and RabbitMQ gives a
+    delivery back the moment its consumer's connection closes, so neither a killed worker nor a broker restart
+    loses an accepted task (tests/integration/test_no_task_lost.py). The rows queue stays classic: a batch there
+    is answered within SYNC_TIMEOUT_SECONDS or re-sent by the API to this queue. Redis's transport options
+    (visibility timeout, sweeps, socket options) mean nothing to AMQP and are not passed.
+    """
+    name = settings.iris_queue
+    app.conf.task_queues = [Queue(name, exchange=Exchange(name), routing_key=name,
+                                  queue_arguments={"x-queue-type": "quorum"})]
+    app.conf.task_create_missing_queue_type = "quorum"  # any other task queue a worker's -Q names, too
+    app.conf.broker_transport_options = {"confirm_publish": True}
 
 
 def rows_queue(settings: Settings) -> Queue:

@@ -59,3 +59,18 @@ def test_rediss_verifies_the_server_unless_the_url_says_otherwise() -> None:
     conn = create_celery(Settings(celery_broker_url=url + query)).connection_for_write()
     assert conn.ssl == {"ssl_cert_reqs": ssl.CERT_NONE, "ssl_ca_certs": "/ca.pem"}
     assert not create_celery(Settings()).conf.broker_use_ssl  # plain redis:// stays plain
+
+
+def test_rabbitmq_gets_a_quorum_task_queue_and_publisher_confirms_and_no_redis_options() -> None:
+    app = create_celery(Settings(celery_broker_url="amqp://guest:guest@rabbit:5672//", iris_queue="jobs"))
+    (queue,) = app.conf.task_queues
+    assert (queue.name, queue.routing_key, queue.exchange.name) == ("jobs", "jobs", "jobs")
+    assert queue.queue_arguments == {"x-queue-type": "quorum"}
+    assert app.amqp.queues["other"].queue_arguments == {"x-queue-type": "quorum"}  # a -Q name beside it
+    assert app.conf.broker_transport_options == {"confirm_publish": True}
+    assert app.conf.broker_transport is None  # kombu's own AMQP transport, not the Redis subclasses
+
+
+def test_redis_keeps_celerys_default_queues() -> None:
+    assert create_celery(Settings(celery_broker_url="redis://r:6379/0")).conf.task_queues is None
+
