@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 PROBE_TASK = "iris.watchdog_probe"
 EXIT_STALLED = 3
+# How long RabbitMQ keeps a watchdog queue nobody consumes (x-expires); Redis deletes an empty list by itself.
+WATCHDOG_QUEUE_EXPIRES_SECONDS = 300
 
 
 class Verdict(Enum):
@@ -96,7 +98,8 @@ class ConsumerWatchdog:
         self.nodename = nodename
         # The default exchange routes by queue name, with no binding to lose when Redis restarts empty.
         name = f"{settings.iris_queue}.watchdog.{nodename}"
-        self.queue = Queue(name, exchange=Exchange(""), routing_key=name)
+        # One queue per node name: on RabbitMQ it would outlive its worker; it goes once unused this long.
+        self.queue = Queue(name, exchange=Exchange(""), routing_key=name, expires=WATCHDOG_QUEUE_EXPIRES_SECONDS)
         self.interval = settings.worker_watchdog_interval_seconds
         time_limit = float(app.conf.task_time_limit or 0)
         self.detector = StallDetector(settings.worker_watchdog_interval_seconds,

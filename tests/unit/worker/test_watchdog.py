@@ -121,3 +121,9 @@ def test_a_stalled_worker_exits_whatever_the_salvage_of_its_unread_tasks_raised(
         watchdog._exit()
     assert exited.value.args == (EXIT_STALLED,)
     assert "the salvage of unread tasks failed: LookupError" in caplog.text
+
+
+def test_a_watchdog_queue_expires_once_unused_so_rabbitmq_does_not_keep_one_per_worker_ever_started() -> None:
+    watchdog = ConsumerWatchdog(Celery(set_as_current=False), "w1@h", Settings(celery_broker_url="amqp://r//"))
+    assert watchdog.queue.name == "iris.watchdog.w1@h"
+    assert watchdog.queue.expires == watchdog_module.WATCHDOG_QUEUE_EXPIRES_SECONDS == 300
