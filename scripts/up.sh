@@ -53,13 +53,24 @@ as_root='s/^;user=root$/user=root/'
   scripts/supervisord.conf > "$conf")
 logs="$RUN_DIR/worker-*.log  $RUN_DIR/api.log"
 
-if redis_answers "$CELERY_BROKER_URL"; then
-  say "using the Redis at $(redact "$CELERY_BROKER_URL")"
+# Redis always holds results and replies; with RabbitMQ as the broker, Redis is the result backend's.
+redis_url=$CELERY_BROKER_URL
+case "$CELERY_BROKER_URL" in
+  amqp://*|amqps://*|pyamqp://*)
+    redis_url=$CELERY_RESULT_BACKEND
+    amqp_port=$(.venv/bin/python -c 'import sys, urllib.parse as u; print(u.urlparse(sys.argv[1]).port or 5672)' \
+      "$CELERY_BROKER_URL")
+    (echo > "/dev/tcp/$(url_host "$CELERY_BROKER_URL")/$amqp_port") 2>/dev/null ||
+      die "no RabbitMQ answers at $(redact "$CELERY_BROKER_URL")"
+    say "using the RabbitMQ at $(redact "$CELERY_BROKER_URL") as the broker" ;;
+esac
+if redis_answers "$redis_url"; then
+  say "using the Redis at $(redact "$redis_url")"
 else
-  host=$(url_host "$CELERY_BROKER_URL")
-  case "$host" in 127.0.0.1|localhost|::1) ;; *) die "no Redis answers at $(redact "$CELERY_BROKER_URL")";; esac
+  host=$(url_host "$redis_url")
+  case "$host" in 127.0.0.1|localhost|::1) ;; *) die "no Redis answers at $(redact "$redis_url")";; esac
   ensure_redis_server
-  REDIS_PORT=$(url_port "$CELERY_BROKER_URL")
+  REDIS_PORT=$(url_port "$redis_url")
   export REDIS_PORT
   mkdir -p "$RUN_DIR/redis"
   cat scripts/supervisord-redis.conf >> "$conf"
