@@ -1,87 +1,52 @@
 """RabbitMQ as the broker (Redis stays the result backend): a worker and the API work unchanged over AMQP.
 
-Needs a RabbitMQ on TEST_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672//); skipped when nothing answers.
-Each run uses a queue of its own and deletes it, its exchange and any Celery exchanges it created.
+Needs a RabbitMQ on TEST_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672//) and rabbitmqctl; each test runs in
+a vhost of its own that is deleted afterwards (tests/integration/amqp.py). Skipped, with the reason, elsewhere.
 """
 
-import contextlib
-import os
-import socket
+import json
 import time
-import uuid
-from collections.abc import Iterator
-from urllib.parse import urlsplit
+import urllib.request
+from collections.abc import Callable, Iterator
 
 import pytest
-from kombu import Connection
-from kombu.exceptions import OperationalError
+from amqp.exceptions import PreconditionFailed
+from kombu import Connection, Queue
 
 from api import create_app
-from tests.helpers import SEED_EXAMPLE, WorkerProcess, make_settings
+from tests.helpers import SEED_EXAMPLE, UpScript, WorkerProcess, free_port, make_settings
+from tests.integration import amqp
+from worker.watchdog import WATCHDOG_QUEUE_EXPIRES_SECONDS
 
-AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-# Exchanges Celery declares for remote control; removed after the test if the test created them.
-CELERY_EXCHANGES = ("celery.pidbox", "reply.celery.pidbox", "celeryev")
-
-
-def _amqp_answers(url: str) -> bool:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _existing_exchanges(conn: Connection, names: tuple[str, ...]) -> set[str]:
-    """Names among ``names`` that exist on the broker (a passive declare fails on a missing exchange)."""
-    found = set()
-    for name in names:
-        channel = conn.channel()
-        with contextlib.suppress(Exception):  # 404 NOT_FOUND: missing, and the broker closes the channel
-            channel.exchange_declare(name, "direct", passive=True)
-            found.add(name)
-        with contextlib.suppress(Exception):
-            channel.close()
-    return found
-
-
-_ADDRESS = f"{urlsplit(AMQP_URL).hostname}:{urlsplit(AMQP_URL).port or 5672}"
 # Checked at collection, so a machine without RabbitMQ skips before the session trains a model for nothing.
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not _amqp_answers(AMQP_URL), reason=f"no RabbitMQ answers at {_ADDRESS}"),
-]
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(amqp.skip_reason() is not None, reason=amqp.skip_reason() or "")]
 
 
 @pytest.fixture
-def amqp_queue() -> Iterator[str]:
-    """A unique queue name on the RabbitMQ under test; the queue and what the test created go afterwards."""
-    queue = f"iris-amqp-{uuid.uuid4().hex[:8]}"
-    try:
-        with Connection(AMQP_URL, connect_timeout=3) as conn:
-            conn.ensure_connection(max_retries=1)
-            before = _existing_exchanges(conn, CELERY_EXCHANGES)
-    except OperationalError as exc:
-        pytest.skip(f"RabbitMQ at {_ADDRESS} refuses the connection: {exc}")
-    yield queue
-    with Connection(AMQP_URL, connect_timeout=3) as conn:
-        channel = conn.default_channel
-        channel.queue_delete(queue)
-        channel.exchange_delete(queue)
-        for name in CELERY_EXCHANGES:
-            if name not in before and name in _existing_exchanges(conn, (name,)):
-                conn.default_channel.exchange_delete(name)
+def amqp_url() -> Iterator[str]:
+    with amqp.private_vhost() as url:
+        yield url
 
 
-def test_worker_and_api_over_rabbitmq(amqp_queue: str, stack_env: dict[str, str]) -> None:
-    env = {**stack_env, "CELERY_BROKER_URL": AMQP_URL}
-    worker = WorkerProcess(env, queue=amqp_queue, name=f"amqp-{amqp_queue[-8:]}")
+def redeclare_fails(url: str, queue: Queue) -> bool:
+    """Tell whether RabbitMQ refuses ``queue`` as declared: an existing queue of that name has other arguments."""
+    with Connection(url, connect_timeout=3) as conn:
+        try:
+            queue(conn.default_channel).declare()
+        except PreconditionFailed:
+            return True
+    return False
+
+
+def test_worker_and_api_over_rabbitmq(amqp_url: str, stack_env: dict[str, str]) -> None:
+    env = {**stack_env, "CELERY_BROKER_URL": amqp_url}
+    worker = WorkerProcess(env)
     app = None
     try:
         # The worker declares the queue on RabbitMQ before it answers readiness.
         worker.start()
-        app = create_app(make_settings(stack_env, celery_broker_url=AMQP_URL, iris_queue=amqp_queue))
+        app = create_app(make_settings(stack_env, celery_broker_url=amqp_url))
         client = app.test_client()
 
         # /readyz checks the queue depth with a passive queue_declare over AMQP, and the worker by broadcast.
@@ -114,3 +79,41 @@ def test_worker_and_api_over_rabbitmq(amqp_queue: str, stack_env: dict[str, str]
         worker.stop()
         if app is not None:
             app.extensions["iris"].celery.close()  # close the AMQP connections now, not at exit
+
+
+def test_the_task_queue_is_a_quorum_queue_published_with_confirms_and_watchdog_queues_expire(
+        amqp_url: str, stack_env: dict[str, str]) -> None:
+    env = {**stack_env, "CELERY_BROKER_URL": amqp_url}
+    worker = WorkerProcess(env).start()
+    try:
+        app = create_app(make_settings(stack_env, celery_broker_url=amqp_url))
+        celery = app.extensions["iris"].celery
+        try:
+            assert celery.conf.broker_transport_options["confirm_publish"] is True
+            assert app.test_client().post("/v1/classify", json=SEED_EXAMPLE).status_code == 200
+        finally:
+            celery.close()
+        # RabbitMQ refuses to redeclare a queue with other arguments: the worker declared these as claimed.
+        assert redeclare_fails(amqp_url, Queue("iris"))  # a classic queue of that name
+        assert not redeclare_fails(amqp_url, Queue("iris", queue_arguments={"x-queue-type": "quorum"}))
+        watchdog = f"iris.watchdog.{worker.hostname}"
+        assert redeclare_fails(amqp_url, Queue(watchdog, routing_key=watchdog))
+        assert not redeclare_fails(amqp_url, Queue(watchdog, routing_key=watchdog,
+                                                   expires=WATCHDOG_QUEUE_EXPIRES_SECONDS))
+    finally:
+        worker.stop()
+
+
+def test_make_up_with_rabbitmq_as_the_broker_serves_and_starts_no_redis_on_the_amqp_port(
+        amqp_url: str, stack_env: dict[str, str], up: Callable[[dict[str, str]], UpScript]) -> None:
+    env = {**stack_env, "CELERY_BROKER_URL": amqp_url, "PORT": str(free_port()), "WORKERS": "1"}
+    stack = up(env)
+    stack.wait_for(lambda: "is ready" in stack.output(), "the ready banner", 120)
+    assert "as the broker" in stack.output() and "redis-server will run" not in stack.output()
+    request = urllib.request.Request(f"http://127.0.0.1:{stack.port}/v1/classify", method="POST",
+                                     data=json.dumps(SEED_EXAMPLE).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.status == 200
+        assert json.loads(resp.read())["data"]["pred_label"] == "Iris-virginica"
+    assert stack.terminate() == 143
