@@ -1,7 +1,8 @@
-"""Drills on a real worker and broker: queue a burst, catch a process mid-task, and read what Redis holds.
+"""Drills on a real worker and broker: queue a burst, catch a process mid-task, and read what the broker holds.
 
 Tasks take microseconds, so a burst is queued before the worker starts, and the process is frozen (SIGSTOP) at an
-instant it holds one of them, delivered and not yet acknowledged: a signal sent then lands mid-task.
+instant it holds one of them, delivered and not yet acknowledged: a signal sent then lands mid-task. The broker is
+Redis or RabbitMQ (:class:`Broker`); results are in Redis either way.
 """
 
 import json
@@ -10,11 +11,67 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from flask.testing import FlaskClient
+from kombu import Connection
 
 from tests.helpers import SEED_EXAMPLE, RedisServer, WorkerProcess
+
+
+class Broker(Protocol):
+    """The broker under drill, as the drills see it: what waits in the task queue and what a worker holds."""
+
+    name: str
+    env: dict[str, str]  # the stack's environment with this broker's CELERY_BROKER_URL
+
+    def waiting(self, ids: list[str]) -> int:
+        """Count the tasks of ``ids`` waiting in the queue."""
+
+    def holding(self, ids: list[str], done: int) -> int:
+        """Count the tasks of ``ids`` delivered to a worker and not acknowledged, ``done`` of them having succeeded."""
+
+
+class RedisBroker:
+    """Redis, read exactly: the queue's list and kombu's unacknowledged hash."""
+
+    name = "redis"
+
+    def __init__(self, server: RedisServer, env: dict[str, str]) -> None:
+        self.server = server
+        self.env = env
+
+    def waiting(self, ids: list[str]) -> int:
+        return len(queued(self.server, ids))
+
+    def holding(self, ids: list[str], done: int) -> int:
+        return len(held(self.server, ids))
+
+
+class AmqpBroker:
+    """RabbitMQ in a vhost of the test's own, where every message in the task queue is the drill's."""
+
+    name = "rabbitmq"
+
+    def __init__(self, url: str, env: dict[str, str], queue: str = "iris") -> None:
+        self.env = {**env, "CELERY_BROKER_URL": url}
+        self.queue = queue
+        self._conn = Connection(url, connect_timeout=3)
+
+    def waiting(self, ids: list[str]) -> int:
+        """Read the queue's ready messages with a passive declare (0 before anything declared it)."""
+        try:
+            return int(self._conn.default_channel.queue_declare(self.queue, passive=True).message_count)
+        except self._conn.channel_errors:  # 404: not declared yet; the broker closed that channel
+            self._conn.close()
+            return 0
+
+    def holding(self, ids: list[str], done: int) -> int:
+        """AMQP tells no unacknowledged count: what is neither done nor waiting is held (or done, not yet acked)."""
+        return len(ids) - done - self.waiting(ids)
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 def publish(client: FlaskClient, count: int) -> list[str]:
@@ -57,9 +114,8 @@ def assert_all_accounted_for(server: RedisServer, ids: list[str]) -> None:
     assert succeeded(server, ids) | queued(server, ids) | set(held(server, ids)) == set(ids)
 
 
-def freeze_mid_task(pids: list[int], ready: Callable[[], bool],
-                    busy: Callable[[], dict[str, float]]) -> dict[str, float]:
-    """Once ``ready()``, SIGSTOP ``pids`` at instants until ``busy()`` is non-empty; return it, ``pids`` frozen.
+def freeze_mid_task(pids: list[int], ready: Callable[[], bool], busy: Callable[[], Any]) -> Any:
+    """Once ``ready()``, SIGSTOP ``pids`` at instants until ``busy()`` is truthy; return it, ``pids`` frozen.
 
     Between tries they run for a few milliseconds only, so even a burst of microsecond tasks lasts many tries.
     """
@@ -79,23 +135,24 @@ def freeze_mid_task(pids: list[int], ready: Callable[[], bool],
     raise AssertionError("the worker was never caught mid-task")
 
 
-def mid_burst(server: RedisServer, ids: list[str], held_by: Callable[[], dict[str, float]]) -> dict[str, float]:
+def mid_burst(broker: Broker, ids: list[str], held_by: Callable[[], Any]) -> Any:
     """Return ``held_by()``, checking that tasks still wait in the queue: the burst is not over."""
-    assert queued(server, ids), "the burst ended before the worker was caught mid-task"
+    assert broker.waiting(ids), "the burst ended before the worker was caught mid-task"
     return held_by()
 
 
-def start_and_freeze(server: RedisServer, env: dict[str, str],
-                     ids: list[str]) -> tuple[WorkerProcess, dict[str, float]]:
-    """Start a worker on the queued burst and freeze it holding a task once 30 succeeded; return both."""
-    worker = WorkerProcess(env).start(wait=False)
+def start_and_freeze(broker: Broker, results: RedisServer, ids: list[str], env: dict[str, str] | None = None,
+                     ) -> WorkerProcess:
+    """Start a worker on the queued burst and return it frozen holding tasks, once 30 succeeded."""
+    worker = WorkerProcess(env or broker.env).start(wait=False)
     assert worker.proc is not None
     try:
-        return worker, freeze_mid_task([worker.proc.pid], lambda: len(succeeded(server, ids)) >= 30,
-                                       lambda: mid_burst(server, ids, lambda: held(server, ids)))
+        freeze_mid_task([worker.proc.pid], lambda: len(succeeded(results, ids)) >= 30,
+                        lambda: mid_burst(broker, ids, lambda: broker.holding(ids, len(succeeded(results, ids)))))
     except BaseException:
         worker.kill()
         raise
+    return worker
 
 
 def wait_all_succeed(client: FlaskClient, ids: list[str], timeout: float) -> None:
