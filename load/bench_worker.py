@@ -8,6 +8,8 @@ reads the worker process's user + system CPU time while it drains them (``burst`
 worker can do), then while it answers them one at a time (``ping-pong``: light load, where each request is a
 message of its own). Each mode runs ``--rounds`` times, alternating; the line per mode gives the medians: CPU µs
 per message, per row, and messages per second. The MLflow store must hold a champion (``make train``).
+``--task classify`` sends async ``iris.classify`` tasks to the task queue instead (acknowledged, one row each, the
+result stored): the messages behind the KEDA target in docs/deployment.md.
 Extra worker settings go in as environment variables, e.g. ``WORKER_LEAN=0`` to measure Celery's full path.
 """
 
@@ -28,12 +30,15 @@ from shared.celery_app import create_celery
 from shared.settings import Settings
 
 FLOWER = [7.7, 2.6, 6.9, 2.3]
+FIELDS = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 
 
 class Bench:
     """One worker on a private queue, and a publisher that sends it edge batches like an API process."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, task: str = tasks.CLASSIFY_ROWS) -> None:
+        self.task = task
+        self.sent: list[str] = []
         base = redis_url.rstrip("/").rsplit("/", 1)[0]
         db = int(redis_url.rstrip("/").rsplit("/", 1)[1])
         self.queue = f"iris-bench-{uuid.uuid4().hex[:8]}"
@@ -66,6 +71,10 @@ class Bench:
 
     def publish(self, count: int, rows: int) -> None:
         """Queue ``count`` classify_rows messages as the API's EdgePublisher builds them."""
+        if self.task == tasks.CLASSIFY:
+            self.sent = [self.app.send_task(tasks.CLASSIFY, args=[dict(zip(FIELDS, FLOWER, strict=True))],
+                                            queue=self.queue).id for _ in range(count)]
+            return
         with self.app.connection_for_write() as conn:
             producer = self.app.amqp.Producer(conn.default_channel, auto_declare=False)
             for _ in range(count):
@@ -77,8 +86,15 @@ class Bench:
                                                 headers={"request_ids": [None] * rows}, retry=False)
 
     def replies(self, count: int, timeout: float = 120) -> None:
-        """Wait for ``count`` replies on the bench's channel."""
-        got, deadline = 0, time.monotonic() + timeout
+        """Wait for ``count`` replies on the bench's channel (for classify tasks: their stored results)."""
+        deadline = time.monotonic() + timeout
+        if self.task == tasks.CLASSIFY:
+            while self.results.exists(*(f"celery-task-meta-{task_id}" for task_id in self.sent)) < len(self.sent):
+                if time.monotonic() > deadline:
+                    sys.exit(f"not all of {len(self.sent)} tasks stored a result")
+                time.sleep(0.01 if len(self.sent) == 1 else 0.05)
+            return
+        got = 0
         while got < count:
             if self.pubsub.get_message(timeout=1.0) is not None:
                 got += 1
@@ -126,8 +142,10 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--rows", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--task", choices=("rows", "classify"), default="rows",
+                        help="edge batches on the rows queue (default), or async iris.classify tasks")
     args = parser.parse_args()
-    bench = Bench(args.redis_url)
+    bench = Bench(args.redis_url, tasks.CLASSIFY if args.task == "classify" else tasks.CLASSIFY_ROWS)
     try:
         proc = bench.start_worker()
         burst(bench, proc, 200, args.rows)  # warm up: connections, scripts, caches
@@ -141,7 +159,7 @@ def main() -> None:
                                       "wall_us": got["wall_s"] * 1e6 / count})
         for name, runs in samples.items():
             med: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-            print(f"mode={name} rows={args.rows} worker_cpu_us_per_msg={med['us_per_msg']:.0f} "
+            print(f"task={args.task} mode={name} rows={args.rows} worker_cpu_us_per_msg={med['us_per_msg']:.0f} "
                   f"worker_cpu_us_per_row={med['us_per_msg'] / args.rows:.1f} msg_per_s={med['msg_per_s']:.0f} "
                   f"wall_us_per_msg={med['wall_us']:.0f} runs={[round(r['us_per_msg']) for r in runs]}")
     finally:
