@@ -41,7 +41,7 @@ URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/@\s]*:([^/@\s]*)@", re.I)
 REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 # The docker-library redis:7-alpine image's user; the other images' users are read from their Dockerfiles.
 REDIS_UID = 999
-LIST_LENGTH_COMMENT = "# listLength: see docs/deployment.md#scaling-workers-on-the-queue"
+LIST_LENGTH_COMMENT = "# measured throughput and QUEUE_MAX_LENGTH: docs/deployment.md#scaling-workers-on-the-queue"
 
 Obj = dict[str, Any]
 
@@ -607,6 +607,19 @@ def test_each_list_length_carries_the_comment_pointing_at_the_docs() -> None:
 
     assert len(lines) == 2
     assert all(line.rstrip().endswith(LIST_LENGTH_COMMENT) for line in lines)
+
+
+def test_keda_can_reach_its_maximum_before_the_apis_admission_bound_stops_a_list_growing(
+        objects: tuple[Obj, ...]) -> None:
+    # Admission refuses work once the lists hold QUEUE_MAX_LENGTH messages, so a list never grows past it: a
+    # target above QUEUE_MAX_LENGTH / maxReplicaCount leaves the last replicas out of reach under overload.
+    scaled = one(objects, "ScaledObject", "worker")
+    (api,) = [c for c in pod_spec(one(objects, "Deployment", "api"))["containers"] if c["name"] == "api"]
+    bound = int(env_value(api, "QUEUE_MAX_LENGTH") or Settings().queue_max_length)
+    for trigger in scaled["spec"]["triggers"]:
+        assert int(trigger["metadata"]["listLength"]) * scaled["spec"]["maxReplicaCount"] <= bound, trigger
+    docs = (ROOT / "docs" / "deployment.md").read_text()
+    assert f"**{trigger['metadata']['listLength']} for both lists**" in docs
 
 
 # --- disruption budgets --------------------------------------------------------------------------------------
