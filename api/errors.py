@@ -78,11 +78,16 @@ class QueueUnavailable(Unavailable):
 
 
 class QueueFull(Unavailable):
-    """QUEUE_MAX_LENGTH tasks wait already, or they fill QUEUE_MAX_MB."""
+    """QUEUE_MAX_LENGTH tasks wait already, or they fill QUEUE_MAX_MB; or, with no ``depth``, the broker refused the
+    task at a bound of its own (RabbitMQ nacks a publish past a max-length policy with overflow reject-publish)."""
 
     raised = "QueueFull"
+    refused = "the broker refused the task: its queue is at the broker's own bound; try again shortly"
 
-    def __init__(self, depth: int, megabytes: float | None = None) -> None:
+    def __init__(self, depth: int | None = None, megabytes: float | None = None) -> None:
+        if depth is None:  # the broker said no, and not how much waits: claim no figure
+            super().__init__(self.refused)
+            return
         held = f"{depth} tasks" if megabytes is None else f"{megabytes:.1f} MB of tasks"
         super().__init__(f"the queue holds {held}; try again shortly")
 

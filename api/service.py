@@ -16,7 +16,7 @@ from api.batching.publisher import EdgePublisher
 from api.batching.replies import ReplyListener
 from api.broker.admission import Admission
 from api.broker.circuit import Circuit
-from api.errors import QueueUnavailable, TaskFailed, TimedOut
+from api.errors import QueueFull, QueueUnavailable, TaskFailed, TimedOut, Unavailable
 from shared import tasks
 from shared.logs import current_request_id, set_task_id
 from shared.redact import redact
@@ -72,7 +72,7 @@ class ClassifyService:
                           pending.request_id)
             raise TimedOut(pending.task_id, self._settings.sync_timeout_seconds)
         if isinstance(pending.error, PublishFailed):
-            raise QueueUnavailable()
+            raise QueueFull() if pending.error.refused else QueueUnavailable()
         if pending.error is not None:
             raise TaskFailed(pending.task_id)
         return pending.task_id, pending.result
@@ -92,7 +92,7 @@ class ClassifyService:
         try:
             with self._enqueuing:
                 self._publisher.table(rows, pending.task_id, request_id)
-        except QueueUnavailable:
+        except Unavailable:  # unreachable, or the broker refused it: no reply will come
             self._tables.pop(pending.task_id, None)
             raise
         if not pending.wait(self._settings.sync_timeout_seconds):
@@ -136,7 +136,8 @@ class ClassifyService:
         return body
 
     def _send(self, name: str, argument: Any, remember: bool = False) -> str:
-        """Admit, then send task ``name`` with one argument under a new id; QueueUnavailable if Redis refuses.
+        """Admit, then send task ``name`` with one argument under a new id; QueueUnavailable if the broker is down,
+        QueueFull if it refuses the task.
 
         With ``remember``, the id is recorded first, so that a task once queued can always be polled.
         """
@@ -149,7 +150,8 @@ class ClassifyService:
         return task_id
 
     def _publish(self, name: str, argument: Any, task_id: str, request_id: str | None) -> None:
-        """Send task ``name`` with one argument under ``task_id``; QueueUnavailable if Redis refuses."""
+        """Send task ``name`` with one argument under ``task_id``; QueueUnavailable if the broker is down, QueueFull
+        if it refuses the task (api/broker/circuit.py's guard)."""
         with self._enqueuing:
             self._celery.send_task(name, args=[argument], task_id=task_id, queue=self._settings.iris_queue,
                                    headers={"request_id": request_id} if request_id is not None else None)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from api.batching import task_ids
+from api.errors import QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,12 @@ _ANSWERING = threading.Lock()
 
 
 class PublishFailed(Exception):
-    """The batch holding this row could not be enqueued; nothing was queued."""
+    """The batch holding this row could not be enqueued; nothing was queued. ``refused``: the broker answered no
+    (the publish raised QueueFull) rather than failing."""
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 class WorkerError(Exception):
@@ -181,15 +187,18 @@ class EdgeBatcher:
 
     def fail(self, task_ids: Sequence[str], error: Exception) -> None:
         """Fail a batch's rows as never queued and free its slot, if it held one: its publish raised, or Redis
-        refused it after ``publish`` returned."""
+        refused it after ``publish`` returned. A batch the broker refused (QueueFull) is not logged here: the
+        publisher logged it, at most once a second."""
         if task_ids:
             with self._cond:
                 self._release(task_ids[0])  # a batch sent without a slot is not in _in_flight: nothing to free
-        log.warning("cannot enqueue a batch of %d: %s", len(task_ids), error)
+        refused = isinstance(error, QueueFull)
+        if not refused:
+            log.warning("cannot enqueue a batch of %d: %s", len(task_ids), error)
         for task_id in task_ids:
             pending = self._waiting.pop(task_id, None)
             if pending is not None:
-                pending.resolve(error=PublishFailed(str(error)))
+                pending.resolve(error=PublishFailed(str(error), refused))
 
     def _take_with_slot(self) -> list[Pending] | None:
         """Take a free slot and the rows waiting (up to ``max_size``) for it; None if none waits or none is free.

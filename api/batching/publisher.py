@@ -15,8 +15,8 @@ from kombu.transport import virtual
 
 from api.batching import task_ids
 from api.batching.task_messages import EdgeMessages
-from api.broker.circuit import REDIS_DOWN, Circuit
-from api.errors import QueueUnavailable
+from api.broker.circuit import DOWN_OR_REFUSED, REDIS_DOWN, Circuit, refused
+from api.errors import QueueFull, QueueUnavailable
 from shared import tasks
 
 
@@ -35,6 +35,10 @@ class EdgePublisher:
     per request at 8 connections (docs/performance.md). A batch Redis refused, or whose connection broke, is
     sent once more on a fresh connection; if that fails too the circuit trips and ``lost(task_ids, error)``
     fails its rows, as a failed synchronous publish would, only up to ``SETTLE_SECONDS`` later.
+
+    A publish the broker refused (RabbitMQ's basic.nack under publisher confirms: a queue at a bound of its own)
+    raises QueueFull at once: the broker answered, so the connection is kept, nothing is sent again and the
+    circuit stays closed (api/broker/circuit.py logs the refusal, at most once a second).
     """
 
     SETTLE_SECONDS = 0.01
@@ -66,12 +70,14 @@ class EdgePublisher:
         """Report the rows of a batch whose publish failed twice to ``lost`` (the batcher, built after this)."""
         self._lost = lost
     def __call__(self, rows: list[list[float]], task_ids: list[str], request_ids: list[str | None]) -> None:
-        """Send one edge batch; raise when the broker is unreachable (the batcher fails its rows)."""
+        """Send one edge batch; raise when the broker is unreachable, or QueueFull when it refuses the batch (the
+        batcher fails its rows)."""
         self._send(tasks.CLASSIFY_ROWS, [rows, task_ids, self._reply_to()], len(rows),
                    {"request_ids": request_ids, **self._result_headers}, unread=task_ids)
 
     def table(self, rows: list[list[float]], task_id: str, request_id: str | None) -> None:
-        """Send one batch request's rows as a task answered under ``task_id``; raise when the broker is unreachable."""
+        """Send one batch request's rows as a task answered under ``task_id``; raise when the broker is unreachable,
+        or QueueFull when it refuses them."""
         headers = {"request_id": request_id} if request_id is not None else {}
         self._send(tasks.CLASSIFY_TABLE, [rows, task_id, self._reply_to()], len(rows),
                    {**headers, **self._result_headers})
@@ -106,7 +112,10 @@ class EdgePublisher:
                         self._celery.amqp.send_task_message(producer, name, message, queue=self._queue,
                                                             headers=headers, retry=False)
                     return
-                except REDIS_DOWN as exc:
+                except DOWN_OR_REFUSED as exc:
+                    if refused(exc):  # an answer, not a failure: the connection is sound, and a resend refused too
+                        self._circuit.refused(f"publishing {name}")
+                        raise QueueFull() from None
                     self.close()
                     self._drop_push()
                     # A hung Redis times out again on a fresh connection: only a dropped one is worth a retry.

@@ -5,8 +5,8 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from api.broker.circuit import REDIS_DOWN
-from api.errors import ApiError, QueueUnavailable
+from api.broker.circuit import REDIS_DOWN, refused
+from api.errors import ApiError, QueueFull, QueueUnavailable
 from api.web.envelope import failure
 from api.web.request_id import ENVIRON_KEY
 
@@ -36,7 +36,11 @@ def _http_error(exc: HTTPException) -> Response:
 
 
 def _unexpected(exc: Exception) -> Response:
-    """Answer a Redis outage that no layer caught as the outage's 503; anything else as a bare 500."""
+    """Answer a publish the broker refused that no layer caught as QueueFull, a Redis outage as the outage's 503;
+    anything else as a bare 500."""
+    if refused(exc):
+        log.warning("the broker refused a publish on %s %s: answering 503 QueueFull", request.method, request.path)
+        return _api_error(QueueFull())
     if isinstance(exc, REDIS_DOWN):
         log.warning("Redis unreachable on %s %s: %s", request.method, request.path, exc)
         return _api_error(QueueUnavailable())

@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from pydantic import SecretStr
 
 from api import create_app
-from api.errors import QueueUnavailable, TaskFailed, TimedOut
+from api.errors import QueueFull, QueueUnavailable, TaskFailed, TimedOut
 from api.extension import KEY
 from shared.schemas import FEATURES
 from shared.settings import Settings
@@ -122,6 +122,7 @@ def test_more_rows_than_batch_max_rows_is_a_413_envelope() -> None:
 
 @pytest.mark.parametrize(("error", "status", "raised"), [
     (lambda: QueueUnavailable(), 503, "QueueUnavailable"),
+    (lambda: QueueFull(), 503, "QueueFull"),  # the broker refused the table (a nack under publisher confirms)
     (lambda: TimedOut("0f9c2b7e-1d2a-4c3b-9e8f-0123456789ab", 10), 504, "Timeout"),
     (lambda: TaskFailed("0f9c2b7e-1d2a-4c3b-9e8f-0123456789ab", "this batch"), 500, "TaskFailed"),
 ])

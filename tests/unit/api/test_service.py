@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 import redis
+from amqp.exceptions import MessageNacked
 from celery import states
 from kombu.exceptions import OperationalError
 
@@ -80,6 +81,19 @@ def test_a_failed_publish_is_queue_unavailable(world: World) -> None:
     world.batcher.answer = lambda pending: pending.resolve(error=PublishFailed("Connection refused"))
     with pytest.raises(QueueUnavailable):
         world.service.classify(ROW)
+
+
+def test_a_row_whose_batch_the_broker_refused_is_queue_full_and_the_circuit_stays_closed(world: World) -> None:
+    batcher: EdgeBatcher
+
+    def publish(rows: list[list[float]], task_ids: list[str], request_ids: list[str | None]) -> None:
+        raise QueueFull()  # the edge publisher's answer to a nack
+
+    batcher = EdgeBatcher(publish, max_size=8, max_wait_ms=1, max_in_flight=1, reply_timeout=2.0)
+    real = World(world.settings, world.celery, batcher)
+    with pytest.raises(QueueFull) as raised:
+        real.service.classify(ROW)
+    assert raised.value.message == QueueFull.refused and not real.circuit.is_open()
 
 
 def test_a_worker_error_is_task_failed_naming_the_task(world: World) -> None:
@@ -175,6 +189,32 @@ def test_classify_async_maps_a_send_failure_to_queue_unavailable(world: World,
     assert world.circuit.is_open()
 
 
+def nacked_through_kombu() -> Exception:
+    """What Celery's retrying publish raises when RabbitMQ nacks every try: kombu's OperationalError from it."""
+    error = OperationalError("")
+    error.__cause__ = MessageNacked()
+    return error
+
+
+def test_classify_async_maps_a_refused_send_to_queue_full_and_serves_the_next(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    record_sends(world, monkeypatch, nacked_through_kombu())
+    with pytest.raises(QueueFull):
+        world.service.classify_async(SEED_EXAMPLE)
+    assert not world.circuit.is_open()
+    record_sends(world, monkeypatch)
+    assert world.service.classify_async(SEED_EXAMPLE)  # the broker took it: served at once
+
+
+@pytest.mark.usefixtures("request_context")
+def test_a_timed_out_row_whose_resend_the_broker_refuses_is_queue_full(
+        hasty: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    record_sends(hasty, monkeypatch, error=nacked_through_kombu())
+    with pytest.raises(QueueFull):
+        hasty.service.classify(ROW)
+    assert not hasty.circuit.is_open()
+
+
 def test_classify_async_sends_nothing_when_the_id_cannot_be_remembered(world: World,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     record_sends(world, monkeypatch)
@@ -206,6 +246,20 @@ def test_a_batch_that_cannot_be_sent_is_queue_unavailable(world: World) -> None:
     world.tables.fail = redis.ConnectionError("Connection refused")
     with pytest.raises(QueueUnavailable):
         world.service.classify_batch([ROW])
+
+
+def test_a_batch_the_broker_refuses_is_queue_full_and_waits_for_no_reply(world: World) -> None:
+    world.tables.fail = QueueFull()  # the edge publisher's answer to a nack
+    with pytest.raises(QueueFull):
+        world.service.classify_batch([ROW])
+    assert world.service._tables == {} and not world.circuit.is_open()
+
+
+def test_a_batch_the_broker_refuses_bare_is_queue_full_through_the_guard(world: World) -> None:
+    world.tables.fail = MessageNacked()  # had the publisher let a nack through, the guard maps it
+    with pytest.raises(QueueFull):
+        world.service.classify_batch([ROW])
+    assert world.service._tables == {} and not world.circuit.is_open()
 
 
 @pytest.mark.usefixtures("request_context")

@@ -1,11 +1,13 @@
 """The edge batcher: batches by size, by wait and by free in-flight slots, and routes each answer to its row."""
 
+import logging
 import threading
 import time
 
 import pytest
 
 from api.batching.batcher import EdgeBatcher, Pending, PublishFailed, WorkerError
+from api.errors import QueueFull
 from tests.unit.api.batching.queue_rows import queue_row
 from tests.unit.fake_clock import FakeClock
 
@@ -152,6 +154,27 @@ def test_a_failed_publish_fails_all_its_rows_at_once_and_frees_the_slot(
     past_wait(clock, retry)
     batcher.flush_once()
     assert slots_held(batcher) == {retry.task_id}
+
+
+def test_a_batch_the_broker_refused_fails_its_rows_as_refused_unlogged_and_frees_the_slot(
+        publisher: FakePublisher, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    batcher = make(publisher, clock, max_in_flight=1)
+    publisher.fail = QueueFull()  # what the publisher raises on a nack (it logs the refusal, once a second)
+    pendings = [queue_row(batcher, [float(i)]) for i in range(2)]
+    with caplog.at_level(logging.WARNING, logger="api.batching.batcher"):
+        batcher.flush_once()
+    for pending in pendings:
+        assert pending.wait(0)
+        assert isinstance(pending.error, PublishFailed) and pending.error.refused
+    assert slots_held(batcher) == set() and caplog.records == []
+
+
+def test_a_failed_publish_is_not_a_refusal(publisher: FakePublisher, clock: FakeClock) -> None:
+    batcher = make(publisher, clock)
+    publisher.fail = ConnectionError("Connection refused")
+    pending = queue_row(batcher, [1.0])
+    batcher.flush_once()
+    assert isinstance(pending.error, PublishFailed) and not pending.error.refused
 
 
 def test_a_failed_publish_leaves_no_row_for_a_late_answer(publisher: FakePublisher, clock: FakeClock) -> None:

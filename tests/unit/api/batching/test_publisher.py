@@ -6,18 +6,22 @@ fire the same signals, or workers, Flower and tracing would see edge batches dif
 
 import base64
 import json
+import logging
+from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
 
 import pytest
 import redis
+from amqp.exceptions import MessageNacked
 from celery import Celery, signals
 from kombu import Exchange, Queue
+from kombu.exceptions import OperationalError
 from kombu.transport import memory
 
 from api.batching.publisher import EdgePublisher
 from api.broker.circuit import Circuit
-from api.errors import QueueUnavailable
+from api.errors import QueueFull, QueueUnavailable
 from shared import tasks
 from shared.celery_app import create_celery
 from shared.settings import Settings
@@ -186,6 +190,54 @@ def test_a_timeout_is_not_retried(celery: Celery, queue: str, circuit: Circuit, 
         publisher(celery, queue, circuit, fast)(ROWS, TASK_IDS, REQUEST_IDS)
     assert len(channels.tried) == 1  # a hung Redis hangs a fresh connection too
     assert circuit.is_open()
+
+
+def nacked_through_kombu() -> Exception:
+    """kombu's OperationalError from py-amqp's MessageNacked, as a publish through kombu's ``ensure`` raises it."""
+    error = OperationalError("")
+    error.__cause__ = MessageNacked()
+    return error
+
+
+@pytest.mark.parametrize("nack", [MessageNacked, nacked_through_kombu], ids=["bare", "kombu-wrapped"])
+def test_a_batch_the_broker_refuses_is_queue_full_sent_once_and_the_kept_connection_serves_on(
+        celery: Celery, queue: str, circuit: Circuit, fast: bool, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, nack: Callable[[], Exception]) -> None:
+    channels = BrokenChannels(monkeypatch, nack())
+    send = publisher(celery, queue, circuit, fast)
+    send(ROWS[:1], TASK_IDS[:1], REQUEST_IDS[:1])  # opens and keeps the connection
+    kept = channels.tried[-1]
+    channels.every = True  # the queue is at the broker's bound: every publish is nacked
+    with caplog.at_level(logging.WARNING, logger="api.broker.circuit"):
+        with pytest.raises(QueueFull) as raised:
+            send(ROWS, TASK_IDS, REQUEST_IDS)
+        with pytest.raises(QueueFull):
+            send.table(ROWS, "table-1", None)
+    assert raised.value.__suppress_context__ and raised.value.message == QueueFull.refused
+    assert channels.tried[1:] == [kept, kept]  # once each, on the kept connection: a nack is no broken connection
+    assert not circuit.is_open()
+    [record] = caplog.records  # the refusals of one second, in one line
+    assert "iris.classify_rows" in record.getMessage() and "Redis" not in record.getMessage()
+    channels.every = False  # room again: the next batch goes at once, on the same connection
+    send(ROWS, TASK_IDS, REQUEST_IDS)
+    assert channels.tried[-1] == kept
+    send.close()
+    assert take(celery, queue).payload[0][1] == TASK_IDS[:1]
+    assert take(celery, queue).payload[0][1] == TASK_IDS
+    assert take(celery, queue) is None
+
+
+def test_a_connection_refused_still_trips_the_circuit_after_a_refusal(
+        celery: Celery, queue: str, circuit: Circuit, fast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    channels = BrokenChannels(monkeypatch, MessageNacked())
+    channels.every = True
+    send = publisher(celery, queue, circuit, fast)
+    with pytest.raises(QueueFull):
+        send(ROWS, TASK_IDS, REQUEST_IDS)
+    channels.error = OperationalError("[Errno 111] Connection refused")
+    with pytest.raises(OperationalError):
+        send(ROWS, TASK_IDS, REQUEST_IDS)
+    assert len(channels.tried) == 3 and circuit.is_open()  # the outage was retried on a fresh connection, then tripped
 
 
 def test_on_redis_the_fast_path_pushes_what_kombus_redis_transport_pushes(monkeypatch: pytest.MonkeyPatch) -> None:

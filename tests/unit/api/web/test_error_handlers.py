@@ -4,7 +4,9 @@ import inspect
 from typing import Any
 
 import pytest
+from amqp.exceptions import MessageNacked
 from flask import Flask
+from kombu.exceptions import OperationalError
 
 from api import create_app, errors
 from shared.settings import Settings
@@ -54,3 +56,33 @@ def test_each_api_error_answers_its_own_status_and_name(app: Flask, cls: type[er
         assert resp.headers["Retry-After"] == "1"
     else:
         assert "Retry-After" not in resp.headers
+
+
+def test_queue_full_names_a_depth_it_knows_and_none_when_the_broker_refused() -> None:
+    assert errors.QueueFull(10_000).message == "the queue holds 10000 tasks; try again shortly"
+    assert errors.QueueFull(3, 64.0).message == "the queue holds 64.0 MB of tasks; try again shortly"
+    refused = errors.QueueFull()
+    assert refused.message == errors.QueueFull.refused and "broker refused" in refused.message
+    assert not any(char.isdigit() for char in refused.message)
+    assert refused.status == 503 and refused.raised == "QueueFull" and refused.headers == {"Retry-After": "1"}
+
+
+def nacked_through_kombu() -> Exception:
+    error = OperationalError("")
+    error.__cause__ = MessageNacked()
+    return error
+
+
+@pytest.mark.parametrize(("failure", "raised"), [
+    (MessageNacked, "QueueFull"),
+    (nacked_through_kombu, "QueueFull"),
+    (lambda: OperationalError("[Errno 111] Connection refused"), "QueueUnavailable"),
+], ids=["nack", "kombu-wrapped-nack", "connection-refused"])
+def test_a_broker_failure_no_layer_caught_answers_its_503(app: Flask, failure: Any, raised: str) -> None:
+    @app.get("/raise")
+    def raise_it() -> str:
+        raise failure()
+
+    resp = app.test_client().get("/raise")
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
+    assert resp.get_json()["error"]["raised"] == raised
