@@ -1,5 +1,5 @@
 # The two commands a newcomer needs are `make up` and `make test`; the rest are conveniences.
-.PHONY: up test env lock train reload rollback worker api api-gunicorn flower mlflow-ui bench side-by-side load soak clean help
+.PHONY: up test env lock train reload rollback worker api api-gunicorn flower mlflow-ui bench side-by-side load soak drill-hosts clean help
 # scripts/lib.sh is bash; make's default /bin/sh is dash on Debian.
 SHELL := /bin/bash
 # Each target installs what it needs first (ensure_venv, scripts/lib.sh); `make <target> INSTALL_ONLY=1` stops
@@ -63,6 +63,11 @@ load:  ## locust load test of a running stack (USERS, DURATION, HOST); writes lo
 
 soak:  ## long load test of a running stack (50 users, 10 min): fails on any failure or RSS growth > 10%
 	@scripts/soak.sh
+
+# Root only: the hosts are network namespaces (iproute2). load/drill_hosts.py trains its own champion in a temp dir.
+drill-hosts:  ## five hosts in network namespaces: pull a cable, kill an API host, a bad link, drains (ARGS=--short)
+	@. scripts/lib.sh && ensure_venv api,worker,training && need_tool ip iproute2 && install_only && \
+		ensure_redis_server && exec .venv/bin/python -m load.drill_hosts $(ARGS)
 
 clean:  ## remove the virtualenvs (.venv, uv in .tools), local MLflow store and run state
 	@. scripts/lib.sh && install_only && rm -rf .venv .tools .run mlruns mlruns.db load/reports .pytest_cache .mypy_cache .ruff_cache
