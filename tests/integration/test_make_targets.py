@@ -59,6 +59,8 @@ TARGETS: dict[str, Needs] = {
     "side-by-side": Needs(packages=SEED_DESIGN, wrk=True),
     "load": Needs(packages=("locust", "matplotlib", "psutil")),
     "soak": Needs(packages=("locust", "matplotlib", "psutil")),
+    "drill-hosts": Needs(packages=("granian", *MODEL), imports=("api", "worker", "load.drill_hosts"),
+                         programs=("celery",)),
     "clean": Needs(),
 }
 
