@@ -10,12 +10,10 @@ processes' memory and whether they map scikit-learn, pandas or SciPy (read from 
 """
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -25,6 +23,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from load.processes import stop_group
 
 FLOWER = {"sepal_length": 7.7, "sepal_width": 2.6, "petal_length": 6.9, "petal_width": 2.3}
 HEAVY = ("sklearn", "pandas", "scipy")
@@ -86,12 +86,7 @@ class SeedServer:
                 time.sleep(0.5)
 
     def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_group(self.proc, 15)
 
 
 def _absolute_sqlite(uri: str) -> str:

@@ -44,6 +44,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from load.processes import stop_group
+
 PREFIX = "irisd"
 # A run's names: the prefix, the creating pid, then anything that is not a digit (irisd12 is not irisd123's).
 _NAME = re.compile(rf"^{PREFIX}(\d+)(?=\D|$)")
@@ -248,14 +250,7 @@ class Relay(Impairment):
         ip("link", "set", self.bridged, "master", network.bridge)
 
     def _end_process(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        stop_group(self.proc, 5)
 
     def stop(self) -> None:
         ip("link", "set", self.bridged, "nomaster", check=False)
