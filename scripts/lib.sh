@@ -89,9 +89,10 @@ ensure_redis_server() {
   or point CELERY_BROKER_URL and CELERY_RESULT_BACKEND at a Redis you have."
 }
 
-# url_port URL: the port of a redis:// URL (6379 when it names none).
+# url_port URL [DEFAULT]: the URL's port, else DEFAULT (Redis's 6379 unless given).
 url_port() {
-  .venv/bin/python -c 'import sys, urllib.parse as u; print(u.urlparse(sys.argv[1]).port or 6379)' "$1"
+  .venv/bin/python -c 'import sys, urllib.parse as u; print(u.urlparse(sys.argv[1]).port or sys.argv[2])' \
+    "$1" "${2:-6379}"
 }
 
 url_host() {

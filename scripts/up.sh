@@ -58,9 +58,7 @@ redis_url=$CELERY_BROKER_URL
 case "$CELERY_BROKER_URL" in
   amqp://*|amqps://*|pyamqp://*)
     redis_url=$CELERY_RESULT_BACKEND
-    amqp_port=$(.venv/bin/python -c 'import sys, urllib.parse as u; print(u.urlparse(sys.argv[1]).port or 5672)' \
-      "$CELERY_BROKER_URL")
-    (echo > "/dev/tcp/$(url_host "$CELERY_BROKER_URL")/$amqp_port") 2>/dev/null ||
+    (echo > "/dev/tcp/$(url_host "$CELERY_BROKER_URL")/$(url_port "$CELERY_BROKER_URL" 5672)") 2>/dev/null ||
       die "no RabbitMQ answers at $(redact "$CELERY_BROKER_URL")"
     say "using the RabbitMQ at $(redact "$CELERY_BROKER_URL") as the broker" ;;
 esac
