@@ -105,8 +105,10 @@ def held(server: RedisServer, ids: list[str]) -> dict[str, float]:
     return {task_id: at for task_id, at in taken.items() if task_id in ids}
 
 
-def queued(server: RedisServer, ids: list[str]) -> set[str]:
-    return {json.loads(raw)["headers"]["id"] for raw in server.client(0).lrange("iris", 0, -1)} & set(ids)
+def queued(server: RedisServer, ids: list[str], queues: tuple[str, ...] = ("iris",)) -> set[str]:
+    """Return the tasks of ``ids`` waiting in any of ``queues``."""
+    client = server.client(0)
+    return {json.loads(raw)["headers"]["id"] for queue in queues for raw in client.lrange(queue, 0, -1)} & set(ids)
 
 
 def assert_all_accounted_for(server: RedisServer, ids: list[str]) -> None:

@@ -7,7 +7,6 @@ SUCCESS. The last drill kills workers as tasks reach them: the window in which R
 """
 
 import contextlib
-import json
 import os
 import signal
 import time
@@ -274,9 +273,7 @@ def test_workers_killed_as_tasks_reach_them_lose_none_on_rabbitmq(broker: Broker
 
     def in_redis() -> set[str]:
         """The tasks of ``ids`` Redis still has, waiting in a queue or held for a worker."""
-        waiting = {json.loads(raw)["headers"]["id"] for worker in workers
-                   for raw in private_redis.client(0).lrange(worker.queue, 0, -1)}
-        return (waiting | set(held(private_redis, ids))) & set(ids)
+        return queued(private_redis, ids, tuple(worker.queue for worker in workers)) | set(held(private_redis, ids))
 
     every_queue = ",".join(worker.queue for worker in workers)
     sweeper = WorkerProcess(env, queue=workers[0].queue, extra=("-Q", every_queue)).start()
