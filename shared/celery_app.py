@@ -46,8 +46,11 @@ def create_celery(settings: Settings | None = None, name: str = "iris") -> Celer
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         # Redis hands an unacknowledged message to another worker after this many seconds.
+        # The task queue's messages are ledgered until a worker holds them (shared/transport/ledger.py); the
+        # edge batches' rows queue is consumed without acknowledgements, and the API re-sends a lost row.
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds, **fast_fail,
-                                  **keepalive, **redelivery},
+                                  **keepalive, **redelivery, "ledger_queues": (settings.iris_queue,),
+                                  "ledger_max_age": settings.result_expires_seconds},
         result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
         redis_socket_timeout=5,
         redis_socket_connect_timeout=2,

@@ -46,6 +46,8 @@ from kombu.transport.virtual import Empty
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from shared.transport import ledger
+
 log = logging.getLogger(__name__)
 
 # Why the channel dropped a payload: labels of the worker's iris_rejected_messages_total (worker/message_guard.py).
@@ -113,8 +115,8 @@ def envelope_problem(payload: Any) -> tuple[str, str] | None:
     return None
 
 
-def peek_headers(item: bytes) -> dict[str, Any] | None:
-    """Return the headers of an envelope too large to decode, read around its body, or None if they cannot be.
+def peek_envelope(item: bytes) -> dict[str, Any] | None:
+    """Return the envelope of a message too large to decode, without its body, or None if it cannot be read.
 
     kombu and the API write the body first, base64-encoded: no quote or backslash inside, so it ends at the
     next quote, and the envelope without it is small.
@@ -129,9 +131,22 @@ def peek_headers(item: bytes) -> dict[str, Any] | None:
                 envelope = json.loads(item[:start] + item[end:])
             except (ValueError, RecursionError):
                 return None
-            headers = envelope.get("headers") if type(envelope) is dict else None
-            return headers if type(headers) is dict else None
+            return envelope if type(envelope) is dict else None
     return None
+
+
+def peek_headers(item: bytes) -> dict[str, Any] | None:
+    """Return the headers of an envelope too large to decode, read around its body, or None if they cannot be."""
+    envelope = peek_envelope(item)
+    headers = envelope.get("headers") if envelope is not None else None
+    return headers if type(headers) is dict else None
+
+
+def delivery_tag(envelope: Any) -> str | None:
+    """Return the delivery tag of a decoded envelope, or None if it has none."""
+    properties = envelope.get("properties") if type(envelope) is dict else None
+    tag = properties.get("delivery_tag") if type(properties) is dict else None
+    return tag if type(tag) is str else None
 
 
 def _holds_data(sock: Any) -> bool:
@@ -143,12 +158,12 @@ def _holds_data(sock: Any) -> bool:
     return bool(readable)
 
 
-class Channel(kombu_redis.Channel):
-    """A kombu Redis channel that never sends a BRPOP over an unread reply, nor delivers what is not a message."""
+class Channel(ledger.Channel):
+    """A kombu Redis channel, with the ledger, that never BRPOPs over an unread reply nor delivers a non-message."""
 
     #: Drop a popped payload longer than this many bytes without decoding it; None: no limit. A transport option.
     max_message_bytes: int | None = None
-    from_transport_options = (*kombu_redis.Channel.from_transport_options,  # type: ignore[assignment]
+    from_transport_options = (*ledger.Channel.from_transport_options,  # type: ignore[assignment]
                               "max_message_bytes")  # one more than kombu's: its stub types the tuple by length
 
     def _brpop_start(self, timeout: float | None = None) -> None:
@@ -184,6 +199,7 @@ class Channel(kombu_redis.Channel):
                     self.connection._deliver(payload, dest)
                 except UnreadableBody as exc:  # raised by decode_body, before the consumer saw anything
                     _dropped(NOT_A_MESSAGE, str(exc), payload["headers"], dest)
+                    self._forget_dropped(payload)
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]  # as kombu's: None means "no read outstanding"
@@ -208,7 +224,11 @@ class Channel(kombu_redis.Channel):
         """Return the envelope ``item`` holds, or drop it and return None."""
         limit = self.max_message_bytes
         if limit and len(item) > limit:
-            _dropped(TOO_LARGE, f"{len(item)} bytes, over the {limit}-byte limit", peek_headers(item), queue)
+            envelope = peek_envelope(item)
+            headers = envelope.get("headers") if envelope is not None else None
+            _dropped(TOO_LARGE, f"{len(item)} bytes, over the {limit}-byte limit",
+                     headers if type(headers) is dict else None, queue)
+            self._forget_dropped(envelope)
             return None
         try:
             payload = loads(bytes_to_str(item))
@@ -219,8 +239,15 @@ class Channel(kombu_redis.Channel):
         if problem is not None:
             headers = payload.get("headers") if type(payload) is dict else None
             _dropped(*problem, headers if type(headers) is dict else None, queue)
+            self._forget_dropped(payload)
             return None
         return payload
+
+    def _forget_dropped(self, envelope: Any) -> None:
+        """Remove a dropped message's ledger copy, so the sweep never hands it back (a tag of its own only)."""
+        tag = delivery_tag(envelope)
+        if tag is not None:
+            self.forget_delivery(tag)
 
     def decode_body(self, body: Any, encoding: str | None = None) -> Any:
         """Decode a body as kombu does; raise :class:`UnreadableBody` where kombu would raise anything else."""

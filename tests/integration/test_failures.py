@@ -142,3 +142,27 @@ def test_worker_exits_non_zero_with_one_line_when_the_model_cannot_load(
     assert len(reasons) == 1, proc.stderr
     assert "cannot load models:/iris-classifier@champion" in reasons[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_an_async_task_whose_brpop_reply_was_lost_is_restored_from_the_ledger(lonely_env: dict[str, str]) -> None:
+    """A task Redis popped for a worker that never read it comes back, where kombu alone would lose it."""
+    env = {**lonely_env, "VISIBILITY_TIMEOUT_SECONDS": "10"}
+    settings = make_settings(env, iris_queue="iris-ledger")
+    client = create_app(settings).test_client()
+    broker = redis.Redis.from_url(env["CELERY_BROKER_URL"])
+    worker = WorkerProcess(env, queue="iris-ledger")
+    try:
+        accepted = client.post("/v1/classify/async", json=SEED_EXAMPLE)
+        assert accepted.status_code == 202
+        # Redis writes the task into the BRPOP reply of a worker whose cable was just pulled: it is gone from the
+        # list, and kombu never recorded it as unacknowledged.
+        assert broker.rpop("iris-ledger") is not None and broker.llen("iris-ledger") == 0
+        worker.start()
+        started = time.monotonic()
+        assert poll_until_done(client, accepted.headers["Location"], timeout=45)["status"] == "SUCCESS"
+        assert time.monotonic() - started >= 10  # not before the visibility timeout: it might still arrive
+        assert broker.zcard("_iris.ledger:iris-ledger") == 0
+    finally:
+        worker.kill()
+        broker.delete("iris-ledger", "_iris.ledger:iris-ledger", "_iris.ledger:iris-ledger:messages",
+                      "_iris.ledger:iris-ledger:suspects")
