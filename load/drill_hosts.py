@@ -44,6 +44,7 @@ import itertools
 import json
 import math
 import os
+import re
 import secrets
 import select
 import shutil
@@ -242,16 +243,8 @@ def phase_report(name: str, outcomes: Sequence[Outcome], killed_at: Mapping[str,
             f"in flight on a killed host: {counts[Verdict.IN_FLIGHT_ON_DEAD_HOST]}; failed: {counts[Verdict.FAILED]}")
 
 
-# kombu sends BRPOP with a 1 s server-side timeout: for that long after a cut, Redis may hand the next message to
-# the cut worker's outstanding BRPOP, whose reply never arrives (the worker drops that connection before the cable
-# is back). 0.5 s more for the request's own time.
-BRPOP_WINDOW_S = 1.5
-
-
-def in_cut_window(outcome: Outcome, cut_at: float) -> bool:
-    """Tell whether a request was in flight between the cut and BRPOP_WINDOW_S after it."""
-    return outcome.started <= cut_at + BRPOP_WINDOW_S and outcome.ended >= cut_at
-
+# The worker's log line when its sweep pushes back tasks a lost BRPOP reply took (shared/transport/ledger.py).
+RESTORED = re.compile(r"restored (\d+) task\(s\) of queue")
 
 ROWS_TASK = "iris.classify_rows"  # the task of an edge batch: every sync request's row goes in one
 
@@ -708,7 +701,6 @@ class Results:
     backlog_states: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     last_fault_end: float = 0.0
-    cut_at: float | None = None
 
 
 class Drill:
@@ -867,10 +859,9 @@ class Drill:
                           and "b" in c.get("flags", "") for c in broker.client_list())
         self.load.phase = "cut"
         netns.cut(worker2)
-        self.results.cut_at = time.monotonic()
         say(f"cut worker2's cable ({worker2.port} down) for {self.plan.cut_s:g} s under load; its BRPOP was "
             f"{'waiting' if waiting else 'not waiting'} in Redis a moment before (Redis hands a waiting BRPOP the "
-            f"next message, which a cut worker cannot read)")
+            f"next message, which a cut worker cannot read: the ledger brings it back)")
         time.sleep(self.plan.cut_s)
         netns.restore(worker2)
         restored = self.results.last_fault_end = time.monotonic()
@@ -1007,15 +998,14 @@ class Drill:
         final.update(self.results.backlog_states)
         every = [*load_outcomes, *self.results.backlog]
         counted = tally(every, killed_at, final)
+        restored = sum(int(m.group(1)) for log in self.tmp.glob("worker*.log")
+                       for m in RESTORED.finditer(log.read_text(errors="replace")))
+        say(f"ledger: the workers restored {restored} task(s) Redis had popped for a worker that never received "
+            "them (shared/transport/ledger.py)")
         by_id = {o.task_id: o for o in every if o.task_id}
         if counted.lost:
             by_phase = Counter(by_id[task_id].phase for task_id in counted.lost_ids)
             say(f"lost {counted.lost} accepted task(s), by the phase they were accepted in: {dict(by_phase)}")
-            cut_at = self.results.cut_at
-            known = sum(1 for t in counted.lost_ids if cut_at is not None and in_cut_window(by_id[t], cut_at))
-            say(f"lost_in_cut_window={known}: of them, accepted within {BRPOP_WINDOW_S:g} s of worker2's cable "
-                "being pulled, when Redis hands the next message to the BRPOP worker2 sent before, which it never "
-                "reads (docs/reliability.md, 'What each broker promises')")
         for task_id in counted.lost_ids[:20]:
             o = by_id[task_id]
             say(f"lost: task {task_id} ({o.kind}, {o.status} from {o.host} at +{o.ended - _start:.1f} s in phase "
