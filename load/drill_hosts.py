@@ -15,7 +15,7 @@ once its ``/livez`` answers. Every outcome is recorded (host, kind, status, late
 3. API host 1's processes are SIGKILLed mid-load; the load goes on through API host 2;
 4. 100 ms delay and 5% loss on each direction of worker host 1's link for 60 s (tc netem, or a user-space relay
    where the kernel has no netem): every second must see answers (no wedge), a scrape of worker 1 must take two
-   round trips, and at least half as many sync answers must take a round trip (200 ms) as worker 1 ran edge
+   round trips, and at least half as many sync answers must take the delay one way (100 ms) as worker 1 ran edge
    batches over the link;
 5. the load stops, and a backlog of 20,000 async tasks is queued through the API with both workers stopped; then
    one worker host starts, and ``drain_1_s`` is the time from the first worker ready (model loaded) until all of
@@ -256,7 +256,8 @@ def judge_bad_link(outcomes: Sequence[Outcome], start: float, end: float, ran: M
     ``scrape_s`` is how long one scrape of the worker's metrics port took over the bad link: a connect and a
     request, two round trips at least. ``ran`` is what that worker ran during the phase, by task name (None if it
     could not be read). Each edge batch it ran answered at least one sync request, which waited at least the delay
-    out and back; half as many slow answers as batches is the bar, for batches that straddle the phase's ends.
+    one way (a batch Redis wrote to the worker's BRPOP just before the phase crosses the link only with its reply);
+    half as many slow answers as batches is the bar, for batches that straddle the phase's ends.
     Returns the problems found, and says what it saw.
     """
     problems = []
@@ -268,17 +269,18 @@ def judge_bad_link(outcomes: Sequence[Outcome], start: float, end: float, ran: M
         problems.append(f"bad link: a scrape of worker1 took {scrape_s:.2f} s, less than two round trips: the link "
                         "is not delayed")
     sync = [o.latency for o in outcomes if o.kind == SYNC and o.status in (200, 504)]
-    slow = sum(1 for latency in sync if latency >= round_trip)
+    one_way = DELAY_MS / 1000  # the other worker answers in milliseconds: this much is the link's
+    slow = sum(1 for latency in sync if latency >= one_way)
     batches = None if ran is None else round(ran.get(ROWS_TASK, 0.0))
     ran_text = ("worker1's task counts could not be read" if ran is None or batches is None else
                 f"worker1 ran {batches} edge batches and {round(sum(ran.values())) - batches} other tasks over it")
     say(f"bad link: answers in every second: {'no' if silent else 'yes'}; {ran_text}; {slow} of {len(sync)} sync "
-        f"answers took >= {round_trip * 1000:.0f} ms (the delay out and back); sync p50 "
+        f"answers took >= {one_way * 1000:.0f} ms (the delay one way); sync p50 "
         f"{percentile(sync, 0.5) * 1000:.0f} ms, p99 {percentile(sync, 0.99) * 1000:.0f} ms, max "
         f"{max(sync, default=0) * 1000:.0f} ms")
     if batches is not None and slow < batches / 2:
         problems.append(f"bad link: worker1 answered {batches} edge batches over it, but only {slow} sync answers "
-                        f"took the round trip ({round_trip * 1000:.0f} ms)")
+                        f"took the delay one way ({one_way * 1000:.0f} ms)")
     return problems
 
 
