@@ -13,7 +13,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """
     from api import extension
     from api.observability import metrics, tracing
-    from api.routes import classify, demo, docs, health, mlflow_scoring, tasks
+    from api.routes import classify, demo, docs, health, mlflow_scoring, tasks, v2
     from api.web import auth, envelope, error_handlers
     from api.web.access_log import AccessLogMiddleware
     from api.web.request_id import RequestIdMiddleware
@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(demo.bp)  # GET /: the demo page (api/static/demo/), outside /v1
     app.register_blueprint(mlflow_scoring.bp)  # /invocations, /ping, /version: MLflow's scoring protocol
+    app.register_blueprint(v2.bp)  # /v2/...: the Open Inference Protocol V2 (KServe V2) REST routes
     app.register_blueprint(docs.bp)  # /openapi.json and Swagger UI at /docs, outside /v1
     metrics.init_app(app, settings, services)  # GET /metrics, and every answer counted (METRICS=true)
     auth.init_app(app, keys, settings.protect_metrics_and_docs)  # after every route: it protects endpoints

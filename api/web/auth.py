@@ -25,8 +25,9 @@ from shared.settings import Settings
 
 EXTENSION = "iris.auth"  # app.extensions: the endpoints that need a key (empty when keys are off)
 # Rule templates (the canonical paths routes are registered under) whose endpoints need a key: the root itself
-# and everything under it. /invocations (MLflow's scoring protocol) classifies as /v1 does.
-KEYED_ROOTS = ("/v1", "/invocations")
+# and everything under it. /invocations (MLflow's scoring protocol) and /v2/models (the Open Inference Protocol's
+# model routes) classify as /v1 does; /v2's health and server metadata stay public, as /livez and /readyz do.
+KEYED_ROOTS = ("/v1", "/invocations", "/v2/models")
 # Public by default (Prometheus scrapes, browsers read the docs); behind the key with PROTECT_METRICS_AND_DOCS.
 METRICS_AND_DOCS_ROOTS = ("/metrics", "/docs", "/openapi.json")
 # Anyone may guess keys online, one request at a time: refuse the guessable ones (`openssl rand -hex 32`: 64).

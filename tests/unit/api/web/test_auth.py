@@ -34,13 +34,17 @@ TASK = "/v1/tasks/0f9c2b7e-1d2a-4c3b-9e8f-0123456789ab"
 # Every endpoint the app serves, in three groups: a new route fails test_every_route_is_either_keyed_or_open
 # until someone decides which group it belongs to.
 KEYED = {"classify.classify", "classify.classify_async", "classify.classify_batch", "tasks.task_status",
-         "mlflow_scoring.invocations"}
+         "tasks.cancel_task",
+         "mlflow_scoring.invocations", "v2.model_metadata", "v2.model_version_metadata", "v2.model_ready",
+         "v2.model_version_ready", "v2.model_infer", "v2.model_version_infer"}
 METRICS_AND_DOCS = {"metrics", "docs.page", "docs.asset", "docs.openapi"}
-OPEN = {"health.livez", "health.readyz", "mlflow_scoring.ping", "mlflow_scoring.version", "demo.page", "demo.asset"}
+OPEN = {"health.livez", "health.readyz", "mlflow_scoring.ping", "mlflow_scoring.version", "demo.page", "demo.asset",
+        "v2.server_live", "v2.server_ready", "v2.server_metadata"}
 # Each protected route, as (method, canonical path, body).
 PROTECTED_ROUTES = [("POST", "/v1/classify", SEED_EXAMPLE), ("POST", "/v1/classify/async", SEED_EXAMPLE),
                     ("POST", "/v1/classify/batch", {"instances": [SEED_EXAMPLE]}),
-                    ("POST", "/invocations", {"inputs": [[1, 2, 3, 4]]}), ("GET", TASK, None)]
+                    ("POST", "/invocations", {"inputs": [[1, 2, 3, 4]]}), ("GET", TASK, None),
+                    ("DELETE", TASK, None)]
 # PATH_INFO as servers hand it over for spellings that route to /v1/classify (percent-escapes already decoded:
 # /%2Fv1/classify arrives as //v1/classify, /%761/classify as /v1/classify).
 ROUTED_SPELLINGS = ["/v1/classify", "//v1/classify", "///v1/classify", "////v1/classify"]
@@ -240,7 +244,7 @@ def test_each_protected_route_without_a_key_is_a_401_envelope_naming_its_view(
     assert envelope["error"]["raised"] == "Unauthorized" and resp.headers["X-Request-ID"]
     view = {"/v1/classify": "ApiClassify", "/v1/classify/async": "ApiClassifyAsync",
             "/v1/classify/batch": "ApiClassifyBatch", "/invocations": "ApiInvocations"}.get(path, "ApiTaskStatus")
-    assert envelope["error"]["raisedOn"] == view
+    assert envelope["error"]["raisedOn"] == ("ApiCancelTask" if method == "DELETE" else view)
 
 
 @pytest.mark.parametrize(("method", "path", "body"), PROTECTED_ROUTES)
