@@ -1,5 +1,5 @@
 # The two commands a newcomer needs are `make up` and `make test`; the rest are conveniences.
-.PHONY: up test env lock train reload rollback worker api api-gunicorn flower mlflow-ui bench side-by-side load soak drill-hosts clean help
+.PHONY: up test env lock train reload rollback promote-challenger worker api api-gunicorn flower mlflow-ui bench side-by-side load soak drill-hosts clean help
 # scripts/lib.sh is bash; make's default /bin/sh is dash on Debian.
 SHELL := /bin/bash
 # Each target installs what it needs first (ensure_venv, scripts/lib.sh); `make <target> INSTALL_ONLY=1` stops
@@ -28,6 +28,9 @@ reload:  ## make every worker check the champion alias now and swap in a new ver
 
 rollback:  ## move the champion alias back to the version it replaced; the workers follow
 	@. scripts/lib.sh && ensure_venv api,worker,training && install_only && .venv/bin/python -m training.rollback $(ARGS)
+
+promote-challenger:  ## move the champion alias to the challenger once shadowing shows they agree (ARGS=--min-rows N)
+	@. scripts/lib.sh && ensure_venv api,worker,training && install_only && .venv/bin/python -m training.promote_challenger $(ARGS)
 
 # The worker needs the training extra's full MLflow for the default sqlite store (mlflow-skinny reads only a server).
 worker:  ## run one worker in the foreground

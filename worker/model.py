@@ -11,7 +11,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -97,6 +97,12 @@ def numpy_predict_proba(estimator: Any) -> Callable[[np.ndarray], np.ndarray] | 
         return logits
 
     return predict_proba
+
+
+class Predictor(Protocol):
+    """What a task predicts with: a ServedModel, or worker/shadow.py's Recording of one."""
+
+    def predict_rows(self, rows: list[list[float]] | np.ndarray) -> list[dict[str, Any]]: ...
 
 
 @dataclass
@@ -349,6 +355,17 @@ class Registry:
                                                               settings.iris_model_alias).version)
         except self.errors as exc:
             raise self._error(settings.model_uri, exc) from exc
+
+    def resolve_alias(self, alias: str) -> str | None:
+        """Return the version ``alias`` names now, or None when no version has it (the challenger's may be unset)."""
+        name = self.settings.iris_model_name
+        try:
+            # The alias map, not get_model_version_by_alias: a missing alias would come back as the same generic
+            # error as a real failure (training/registry.py reads it this way too).
+            version = self.client.get_registered_model(name).aliases.get(alias)
+        except self.errors as exc:
+            raise self._error(f"models:/{name}@{alias}", exc) from exc
+        return str(version) if version is not None else None
 
     def load(self, version: str) -> ServedModel:
         """Download one version's MLmodel and skops file, load them without unpickling, check the model against the

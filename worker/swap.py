@@ -6,6 +6,10 @@ model fully ready before the one reference assignment that publishes it. A versi
 or matched to the contract's FEATURES and LABELS is refused: the old one keeps serving, one JSON line is logged,
 and ``load_failures`` counts it. A refused version is not loaded again by the polls while the alias stays on it;
 a reload request (``make reload``) tries it once more, for a failure that was only a registry hiccup.
+
+The challenger (worker/shadow.py) is followed by a second swapper with ``role="challenger"``: its alias may be
+unset, and when it is removed the swapper holds no model (``Outcome.REMOVED``). Its log lines name the challenger,
+so a refused challenger never reads as a refused champion.
 """
 
 import logging
@@ -29,6 +33,7 @@ class Outcome(StrEnum):
     REFUSED = "refused"  # the alias names a version that cannot serve; the old one still does
     SKIPPED = "skipped"  # the alias still names the version refused before; a poll does not retry it
     UNREACHABLE = "unreachable"  # the registry did not answer; nothing changed
+    REMOVED = "removed"  # the alias was removed (a challenger's may be); no version is held any more
 
 
 @dataclass
@@ -42,31 +47,57 @@ class SwapCounters:
     check_failures: int = 0  # checks that could not ask the registry
 
 
+@dataclass(frozen=True)
+class _Words:
+    """How a swapper's log lines name its role and what its model does."""
+
+    name: str  # the first word of its lines
+    event: str  # the prefix of its log events: model_swapped, challenger_refused, ...
+    held: str  # "the <held> version stays"
+    does: str  # "version 3 now <does>"
+    refused: str  # the refusal line: the refused version, the one serving, the reason
+
+
+_WORDS = {
+    "champion": _Words("model", "model", "served", "serves",
+                       "model version %s refused, version %s keeps serving: %s"),
+    "challenger": _Words("challenger", "challenger", "shadowed", "shadows",
+                         "challenger version %s refused (the shadowed version stays %s; the champion serves as "
+                         "before): %s"),
+}
+
+
 class ModelSwapper:
     """Hold the served model; compare it with the alias and replace it only by a version ready to serve."""
 
-    def __init__(self, resolve: Callable[[], str], load: Callable[[str], ServedModel],
-                 clock: Callable[[], float] = time.time) -> None:
-        self._resolve = resolve  # the version the alias names now, raising ModelLoadError when it cannot tell
+    def __init__(self, resolve: Callable[[], str | None], load: Callable[[str], ServedModel],
+                 clock: Callable[[], float] = time.time, role: str = "champion") -> None:
+        # The version the alias names now (None: no version has it), raising ModelLoadError when it cannot tell.
+        self._resolve = resolve
         self._load = load  # load, check and warm one version, raising ModelLoadError when it cannot serve
         self._clock = clock
+        self.role = role
+        self._say = _WORDS[role]
         self.current: ServedModel | None = None
         self.counters = SwapCounters()
         self.refused: str | None = None
         self.last_check: dict[str, Any] | None = None
         self.last_failure: dict[str, Any] | None = None
-        # Called after each swap, off the lock (a prefork pool replaces its children); when it raises ConnectionError
-        # (the broker did not take it), retried at each check until it returns, so a broker outage at that moment
-        # does not leave children on the old version.
-        self.on_swap: Callable[[ServedModel], None] | None = None
-        self._unannounced: ServedModel | None = None
+        # Called after each swap or removal, off the lock, with the model now held (a prefork pool replaces its
+        # children); when it raises ConnectionError (the broker did not take it), retried at each check until it
+        # returns, so a broker outage at that moment does not leave children on the old version.
+        self.on_swap: Callable[[ServedModel | None], None] | None = None
+        self._unannounced = False
         self._lock = threading.Lock()  # one check at a time: the poller's, or start-up's
         self._unreachable = False
 
     def start(self) -> ServedModel:
         """Load the version the alias names; raise ModelLoadError, for a worker that has nothing to serve."""
         with self._lock:
-            model = self._load(self._resolve())
+            version = self._resolve()
+            if version is None:
+                raise ModelLoadError(f"no version has the {self.role} alias")
+            model = self._load(version)
             self.counters.loads += 1
             self.current = model
             return model
@@ -78,23 +109,24 @@ class ModelSwapper:
             self.counters.checks += 1
             self.last_check = {"outcome": outcome.value, "alias_version": version, "error": error,
                                "at": self._clock()}
-            if outcome is Outcome.SWAPPED:
-                self._unannounced = self.current
+            if outcome in (Outcome.SWAPPED, Outcome.REMOVED):
+                self._unannounced = True
         self._announce()
         return outcome
 
     def _announce(self) -> None:
-        model = self._unannounced
-        if model is None or self.on_swap is None:
+        model = self.current
+        if not self._unannounced or self.on_swap is None:
             return
+        version = model.version if model is not None else None
         try:
             self.on_swap(model)
         except ConnectionError as exc:
-            log.error("after swapping in version %s: %s; trying again at the next check", model.version,
-                      first_line(exc), extra={"event": "model_swap_hook_failed", "model_version": model.version})
+            log.error("after swapping in %s version %s: %s; trying again at the next check", self.role, version,
+                      first_line(exc), extra={"event": "model_swap_hook_failed", "model_version": version})
             return
-        if self._unannounced is model:
-            self._unannounced = None
+        if self.current is model:  # else another change came meanwhile, and is announced at the next check
+            self._unannounced = False
 
     def _check(self, force: bool) -> tuple[Outcome, str | None, str | None]:
         try:
@@ -102,12 +134,14 @@ class ModelSwapper:
         except ModelLoadError as exc:
             self.counters.check_failures += 1
             if not self._unreachable:  # one line per outage, not one per poll
-                log.warning("model check: the registry does not answer, the served version stays: %s",
-                            first_line(exc), extra={"event": "model_check_failed"})
+                log.warning("%s check: the registry does not answer, the %s version stays: %s", self._say.name,
+                            self._say.held, first_line(exc), extra={"event": f"{self._say.event}_check_failed"})
             self._unreachable = True
             return Outcome.UNREACHABLE, None, first_line(exc)
         self._unreachable = False
         serving = self.current.version if self.current is not None else None
+        if version is None:  # no version has the alias (a challenger's may be unset)
+            return self._remove(serving) if serving is not None else (Outcome.UNCHANGED, None, None)
         if version == serving:
             self.refused = None  # the alias left the refused version: if it comes back, load it again
             return Outcome.UNCHANGED, version, None
@@ -123,18 +157,26 @@ class ModelSwapper:
         self.current = model
         self.counters.swaps += 1
         self.refused = None
-        log.warning("model swapped: %s version %s now serves, replacing version %s", model.name, version,
-                    serving, extra={"event": "model_swapped", "model_version": version,
-                                    "previous_version": serving})
+        log.warning("%s swapped: %s version %s now %s, replacing version %s", self._say.name, model.name, version,
+                    self._say.does, serving, extra={"event": f"{self._say.event}_swapped", "model_version": version,
+                                                    "previous_version": serving})
         return Outcome.SWAPPED, version, None
+
+    def _remove(self, serving: str) -> tuple[Outcome, None, None]:
+        # Only a challenger's alias is ever found unset: the champion's resolve raises instead.
+        self.current = None
+        self.refused = None
+        log.warning("%s removed: the alias names no version, version %s no longer %s", self._say.name, serving,
+                    self._say.does, extra={"event": f"{self._say.event}_removed", "previous_version": serving})
+        return Outcome.REMOVED, None, None
 
     def _refuse(self, version: str, serving: str | None, exc: ModelLoadError) -> tuple[Outcome, str, str]:
         reason = first_line(exc)
         self.counters.load_failures += 1
         self.refused = version
         self.last_failure = {"version": version, "error": reason, "at": self._clock()}
-        log.error("model version %s refused, version %s keeps serving: %s", version, serving, reason,
-                  extra={"event": "model_refused", "refused_version": version, "model_version": serving})
+        log.error(self._say.refused, version, serving, reason,
+                  extra={"event": f"{self._say.event}_refused", "refused_version": version, "model_version": serving})
         return Outcome.REFUSED, version, reason
 
     def info(self) -> dict[str, Any]:

@@ -50,6 +50,7 @@ TARGETS: dict[str, Needs] = {
     "train": Needs(packages=("matplotlib", *MODEL), imports=("training",)),
     "reload": Needs(packages=MODEL, imports=("shared.reload",)),
     "rollback": Needs(packages=("training.rollback", *MODEL)),
+    "promote-challenger": Needs(packages=("training.promote_challenger", "redis", *MODEL)),
     "worker": Needs(packages=MODEL, imports=("worker",), programs=("celery",)),
     "api": Needs(packages=("granian",), imports=("api",)),
     "api-gunicorn": Needs(imports=("api",), programs=("gunicorn",)),
