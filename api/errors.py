@@ -112,3 +112,53 @@ class TimedOut(ApiError):
         location = url_for("tasks.task_status", task_id=task_id)
         self.data = {"task_id": task_id, "status": "PENDING", "status_url": location}
         self.headers = {"Location": location}
+
+
+class BadIdempotencyKey(ApiError):
+    """An Idempotency-Key header that is empty, too long or not printable ASCII."""
+
+    status, raised = 400, "InvalidIdempotencyKey"
+
+
+class Conflict(ApiError):
+    """The request conflicts with the state of what it names: a 409."""
+
+    status, raised = 409, "Conflict"
+
+
+class IdempotencyKeyInUse(Conflict):
+    """The first request with this Idempotency-Key is still being answered; retrying shortly may succeed."""
+
+    raised = "IdempotencyKeyInUse"
+
+    def __init__(self) -> None:
+        super().__init__("a request with this Idempotency-Key is still being answered; retry shortly",
+                         headers={"Retry-After": "1"})
+
+
+class TaskNotCancellable(Conflict):
+    """The task started or finished already, or was not queued as a task of its own."""
+
+    raised = "TaskNotCancellable"
+
+    def __init__(self, task_id: str, message: str, state: str | None = None) -> None:
+        super().__init__(message, data={"task_id": task_id, "status": state})
+
+
+class IdempotencyKeyReused(ApiError):
+    """The Idempotency-Key was sent before with another request: a 422, and nothing queued."""
+
+    status, raised = 422, "IdempotencyKeyReused"
+
+    def __init__(self) -> None:
+        super().__init__("this Idempotency-Key was used with a different request; send a new key for a new request")
+
+
+class CallbacksFull(Unavailable):
+    """WEBHOOK_MAX_PENDING webhook deliveries are pending: a Callback-URL is refused, nothing queued."""
+
+    raised = "CallbacksFull"
+
+    def __init__(self, depth: int) -> None:
+        super().__init__(f"{depth} webhook deliveries are pending; try again shortly, or submit without "
+                         f"Callback-URL and poll status_url")

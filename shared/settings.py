@@ -3,8 +3,10 @@
 import math
 from functools import lru_cache
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared import webhooks
 
 
 class Settings(BaseSettings):
@@ -20,6 +22,17 @@ class Settings(BaseSettings):
     # Workers check every this many seconds whether the alias names another version, and swap it in live
     # (worker/swap.py); `make reload` makes them check at once.
     model_poll_seconds: float = Field(15.0, gt=0)
+    # Shadowing (docs/model-lifecycle.md, "Shadowing a challenger"): with SHADOW_SAMPLE > 0 each worker also loads
+    # the version CHALLENGER_ALIAS names (when set) and, after answering with the champion, predicts that share of
+    # task messages with it too, off the request path, counting whether the two agree. 0: off, nothing loaded.
+    challenger_alias: str = "challenger"
+    shadow_sample: float = Field(0.0, ge=0, le=1)
+    # Rows waiting for the challenger in each worker process at most; a message that would pass it is not shadowed
+    # (counted in iris_shadow_dropped_rows_total), so shadowing never grows memory or holds up a task.
+    shadow_queue_rows: int = Field(5000, ge=1)
+    # The agreement each worker adds to Redis, one hash per (champion, challenger) pair, expires this long after
+    # its last update (make promote-challenger reads it).
+    shadow_stats_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     iris_queue: str = "iris"
     port: int = Field(9191, ge=1, le=65535)
     api_host: str = "0.0.0.0"
@@ -31,6 +44,10 @@ class Settings(BaseSettings):
     loglevel: str = "INFO"
     sync_timeout_seconds: float = Field(10.0, gt=0)
     result_expires_seconds: int = Field(3600, ge=60)
+    # An Idempotency-Key sent with POST /v1/classify/async or /batch names its task this long: a retry with the
+    # same key and body answers that task and queues nothing (api/idempotency.py). At most a week: each key
+    # holds a small record in the results Redis until then.
+    idempotency_ttl_seconds: int = Field(86400, ge=60, le=7 * 86400)
     # Sync rows are answered in-band; their stored copies only serve 504 poll URLs. A row whose request timed
     # out keeps its result this long; any other only as long as its request could still be waiting
     # (row_result_hold_seconds), or at thousands of rows a second Redis would hold gigabytes of answers.
@@ -84,6 +101,28 @@ class Settings(BaseSettings):
     metrics: bool = True
     # The port each Celery worker serves its own /metrics on (0: none). `make up` gives worker N base + N - 1.
     worker_metrics_port: int = Field(9192, ge=0, le=65535)
+    # Webhooks (docs/api.md, "Webhooks"): off unless a secret is set. Each delivery is signed with it
+    # (X-Iris-Signature: sha256=<HMAC-SHA256 of the body>); it is never logged or served.
+    webhook_secret: SecretStr | None = None
+    # Comma-separated host names (exact, case-insensitive), IP addresses or networks (CIDR) a Callback-URL may
+    # name; loopback and private addresses must be listed too, link-local and metadata ones never pass.
+    webhook_allowed_hosts: str = ""
+    # Allow http:// callback URLs too (https only by default).
+    webhook_allow_http: bool = False
+    # Attempts per delivery: the first at once, each next after WEBHOOK_BACKOFF_SECONDS x 2^(n-1) (2, 4, ... 128 s).
+    webhook_max_attempts: int = Field(8, ge=1, le=12)
+    webhook_backoff_seconds: float = Field(2.0, gt=0, le=60)
+    # How long one attempt may take to connect, send and get its status line.
+    webhook_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    # Deliveries pending at once: the API answers 503 to a new Callback-URL once this many wait.
+    webhook_max_pending: int = Field(10_000, ge=1)
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _parse_allowed_hosts(cls, value: str) -> str:
+        """Refuse a malformed network in WEBHOOK_ALLOWED_HOSTS at start, not at the first callback."""
+        webhooks.parse_allowed(value)
+        return value
 
     @property
     def issued_prefix(self) -> str:
@@ -91,9 +130,26 @@ class Settings(BaseSettings):
         return f"{self.key_prefix}task:"
 
     @property
+    def idempotency_prefix(self) -> str:
+        """Return the prefix of the results Redis keys recording which task each Idempotency-Key queued."""
+        return f"{self.key_prefix}idempotency:"
+
+    @property
     def row_result_hold_seconds(self) -> int:
         """Return how long a sync row's result is kept when its request did not time out: while it may wait."""
         return math.ceil(self.sync_timeout_seconds) + 5
+
+    @property
+    def webhook_record_ttl_seconds(self) -> int:
+        """Return how long a delivery record is kept: its whole retry schedule, each attempt's lease, and an hour."""
+        schedule = self.webhook_backoff_seconds * (2 ** (self.webhook_max_attempts - 1) - 1)
+        return math.ceil(schedule + self.webhook_max_attempts * self.webhook_lease_seconds) + 3600
+
+    @property
+    def webhook_lease_seconds(self) -> float:
+        """Return how long a worker holds a delivery it sends before another may send it: the attempt's timeout,
+        the address lookup's and a margin."""
+        return 3 * self.webhook_timeout_seconds + 1
 
     @property
     def rows_queue(self) -> str:
@@ -104,6 +160,10 @@ class Settings(BaseSettings):
     def model_uri(self) -> str:
         """Return the MLflow URI of the model the workers serve."""
         return f"models:/{self.iris_model_name}@{self.iris_model_alias}"
+
+    def shadow_stats_key(self, champion: str, challenger: str) -> str:
+        """Return the Redis hash of the rows a challenger version shadowed against a champion version, and agreed."""
+        return f"{self.key_prefix}shadow:{self.iris_model_name}:{champion}:{challenger}"
 
 
 @lru_cache(maxsize=1)

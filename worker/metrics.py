@@ -1,6 +1,8 @@
 """The worker's Prometheus figures, served on WORKER_METRICS_PORT by its main process: task durations,
-predictions by label, the served model and its loads, swaps and refusals, read from the swapper when scraped, and
-the queue messages dropped as malformed, by reason (worker/message_guard.py), read from its tally when scraped.
+predictions by label and webhook outcomes (worker/webhooks.py), the served model and its loads, swaps and
+refusals, read from the swapper when scraped, and
+the queue messages dropped as malformed, by reason (worker/message_guard.py), read from its tally when scraped,
+and with SHADOW_SAMPLE > 0 the challenger and its agreement with the champion (worker/shadow.py).
 
 The default pool, solo, runs tasks in that main process, so the port sees everything. A prefork pool runs them
 in child processes whose task and prediction figures this port does not see (the model figures stay right: the
@@ -21,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from shared.settings import Settings
+from worker.shadow import Shadow
 from worker.swap import ModelSwapper
 
 log = logging.getLogger(__name__)
@@ -31,13 +34,16 @@ _label = itemgetter("pred_label")
 
 
 class TaskMetrics:
-    """The figures each task adds to: its duration, and its predictions by label."""
+    """The figures each task adds to: its duration, its predictions by label, and its webhook's outcomes."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.duration = Histogram("iris_task_duration_seconds", "Time to run a task, by task name.", ["task"],
                                   buckets=DURATION_BUCKETS, registry=registry)
         self.predictions = Counter("iris_predictions", "Rows predicted, by predicted label.", ["label"],
                                    registry=registry)
+        self.webhooks = Counter("iris_webhook_deliveries", "Webhook attempts and records by outcome: delivered, "
+                                "retried, failed (attempts spent), refused (address not allowed), dropped "
+                                "(WEBHOOK_MAX_PENDING reached).", ["outcome"], registry=registry)
         self._by_label: dict[str, Callable[[float], None]] = {}
         self._by_task: dict[str, Any] = {}
 
@@ -47,6 +53,10 @@ class TaskMetrics:
         if child is None:  # labels() takes a lock and builds a key: once per task name, three of them
             child = self._by_task[task] = self.duration.labels(task)
         return child.time()
+
+    def webhook(self, outcome: str) -> None:
+        """Count one outcome of a task's webhook (worker/webhooks.py)."""
+        self.webhooks.labels(outcome).inc()
 
     def predicted(self, results: list[dict[str, Any]]) -> None:
         """Count the predictions of one batch by label."""
@@ -58,15 +68,19 @@ class TaskMetrics:
 
 
 class SwapCollector(Collector):
-    """The served model and the swapper's counters, read when scraped: nothing on the task path."""
+    """The served model (and the challenger) and the swapper's counters, read when scraped: nothing on the task
+    path."""
 
-    def __init__(self, swapper: Callable[[], ModelSwapper | None]) -> None:
+    def __init__(self, swapper: Callable[[], ModelSwapper | None],
+                 challenger: Callable[[], ModelSwapper | None] = lambda: None) -> None:
         self._swapper = swapper
+        self._challenger = challenger
 
     def collect(self) -> Iterator[Metric]:
         swapper = self._swapper()
         if swapper is None:  # before the model loads
             return
+        challenger = self._challenger()
         counters = swapper.counters
         for name, value, text in (
                 ("iris_model_loads", counters.loads, "Model versions loaded and warmed, the first one included."),
@@ -75,12 +89,37 @@ class SwapCollector(Collector):
                                                                      "load, warm or meet the contract."),
                 ("iris_model_check_failures", counters.check_failures, "Model checks the registry did not answer.")):
             yield CounterMetricFamily(name, text, value=value)
-        info = GaugeMetricFamily("iris_model_info", "1 for the model name and version this worker serves.",
-                                 labels=["name", "version"])
-        model = swapper.current
-        if model is not None:
-            info.add_metric([model.name, model.version], 1)
+        if challenger is not None:  # shadowing is on (SHADOW_SAMPLE > 0)
+            yield CounterMetricFamily("iris_challenger_load_failures", "Challenger versions refused: they could not "
+                                      "load, warm or meet the contract.", value=challenger.counters.load_failures)
+        info = GaugeMetricFamily("iris_model_info", "1 for the model name and version this worker serves (role "
+                                 "champion) and the one it shadows (role challenger).",
+                                 labels=["name", "version", "role"])
+        for role, held in (("champion", swapper), ("challenger", challenger)):
+            model = held.current if held is not None else None
+            if model is not None:
+                info.add_metric([model.name, model.version, role], 1)
         yield info
+
+
+class ShadowCollector(Collector):
+    """The rows the challenger shadowed, by agreement with the champion, and those it did not: read when scraped."""
+
+    def __init__(self, shadow: Shadow) -> None:
+        self._shadow = shadow
+
+    def collect(self) -> Iterator[Metric]:
+        shadow = self._shadow
+        counts = shadow.counts
+        family = CounterMetricFamily("iris_shadow_predictions", "Rows the challenger predicted after the champion "
+                                     "answered, by whether both gave the same label.", labels=["agree"])
+        family.add_metric(["true"], counts.agreed)
+        family.add_metric(["false"], counts.disagreed)
+        yield family
+        yield CounterMetricFamily("iris_shadow_dropped_rows", "Sampled rows not shadowed: SHADOW_QUEUE_ROWS were "
+                                  "waiting already.", value=shadow.queue.dropped)
+        yield CounterMetricFamily("iris_shadow_failed_rows", "Sampled rows the challenger raised on.",
+                                  value=counts.failed)
 
 
 class RejectionCollector(Collector):
@@ -101,11 +140,14 @@ class WorkerMetrics:
     """This worker's registry, the task figures, and the HTTP server that serves them."""
 
     def __init__(self, settings: Settings, swapper: Callable[[], ModelSwapper | None],
-                 rejected: Mapping[str, int] | None = None) -> None:
+                 rejected: Mapping[str, int] | None = None,
+                 challenger: Callable[[], ModelSwapper | None] = lambda: None, shadow: Shadow | None = None) -> None:
         self.port = settings.worker_metrics_port
         self.registry = CollectorRegistry()
         self.tasks = TaskMetrics(self.registry)
-        self.registry.register(SwapCollector(swapper))
+        self.registry.register(SwapCollector(swapper, challenger))
+        if shadow is not None:
+            self.registry.register(ShadowCollector(shadow))
         if rejected is not None:
             self.registry.register(RejectionCollector(rejected))
         self._server: Any = None

@@ -14,7 +14,8 @@ from shared.schemas import ClassifyPayload, format_validation_error, rows_from_p
 from shared.settings import get_settings
 from worker.fastpaths.store_result import store_many
 from worker.metrics import TaskMetrics
-from worker.model import ServedModel
+from worker.model import Predictor
+from worker.revocation import Revocable
 
 
 def _failed(failure: Exception) -> dict[str, Any]:
@@ -36,7 +37,7 @@ def _refuse_over(rows: int, limit: int) -> None:
         raise PayloadValidationError(f"{rows} rows: a batch takes at most {limit} rows")
 
 
-def register_tasks(app: Celery, model: Callable[[], ServedModel], metrics: TaskMetrics | None = None,
+def register_tasks(app: Celery, model: Callable[[], Predictor], metrics: TaskMetrics | None = None,
                    strategy: str | None = None) -> None:
     """Register the iris tasks on ``app``; ``model`` returns the model serving now, ``metrics`` counts their runs,
     and ``strategy`` (worker/fastpaths/strategy.py, with FAST_PATHS on) runs the API's internal messages.
@@ -55,7 +56,9 @@ def register_tasks(app: Celery, model: Callable[[], ServedModel], metrics: TaskM
     else:
         timer, predicted = metrics.timer, metrics.predicted
 
-    @app.task(name=names.CLASSIFY, throws=(PayloadValidationError,))
+    # The public tasks can be cancelled before they start (DELETE /v1/tasks/<id>): Revocable checks as it marks
+    # them STARTED. The internal ones below are a sync request's, answered in-band or re-sent: no cancel.
+    @app.task(name=names.CLASSIFY, throws=(PayloadValidationError,), base=Revocable)
     def classify(payload: dict[str, Any]) -> dict[str, Any]:
         """Classify one flower."""
         with timer(names.CLASSIFY):
@@ -69,7 +72,7 @@ def register_tasks(app: Celery, model: Callable[[], ServedModel], metrics: TaskM
             predicted(results)
             return results[0]
 
-    @app.task(name=names.CLASSIFY_BATCH, throws=(PayloadValidationError,))
+    @app.task(name=names.CLASSIFY_BATCH, throws=(PayloadValidationError,), base=Revocable)
     def classify_batch(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Classify many flowers with one prediction, answering in order."""
         with timer(names.CLASSIFY_BATCH):

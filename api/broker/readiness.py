@@ -1,4 +1,5 @@
-"""GET /readyz's check: Redis answers, and at least one worker with a loaded model replies, within seconds."""
+"""GET /readyz's check: Redis answers, and at least one worker with a loaded model replies, within seconds; the
+body lists what each worker serves, and the champion and challenger versions across them."""
 
 import logging
 import os
@@ -96,6 +97,17 @@ def redact_strings(value: Any, levels: int = MAX_LEVELS) -> Any:
     return value
 
 
+def served_models(workers: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """Return (role, model name, version) of every champion the workers serve and every challenger they shadow."""
+    served = set()
+    for info in workers.values():
+        challenger = info.get("challenger")
+        for role, model in (("champion", info), ("challenger", challenger if isinstance(challenger, dict) else {})):
+            if model.get("model_version") is not None:
+                served.add((role, str(model.get("model_name")), str(model["model_version"])))
+    return served
+
+
 class Readiness:
     """Redis (broker and result backend) answers and a worker with a loaded model does; else a 503."""
 
@@ -116,5 +128,10 @@ class Readiness:
         workers = self.workers.workers()
         if not workers:
             raise NoWorkers()
+        # models: the versions across the workers by role, which a half-finished rollout shows as two champions.
+        served = served_models(workers)
+        models = {role: sorted({version for held, _, version in served if held == role})
+                  for role in ("champion", "challenger")}
         # queue_depth: both queues together, what QUEUE_MAX_LENGTH bounds; queue_depths: each one.
-        return {"status": "ready", "workers": workers, "queue_depth": sum(depths.values()), "queue_depths": depths}
+        return {"status": "ready", "workers": workers, "models": models, "queue_depth": sum(depths.values()),
+                "queue_depths": depths}

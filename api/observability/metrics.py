@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 from api.batching.batcher import Publisher
 from api.broker.admission import Admission
 from api.broker.circuit import Circuit
-from api.broker.readiness import Readiness
+from api.broker.readiness import Readiness, served_models
 from api.errors import QueueUnavailable
 from api.observability.multiprocess_dir import ENV
 from api.observability.observe_many import observe_many
@@ -163,16 +163,15 @@ class StateCollector(Collector):
                 for queue, depth in depths.items():
                     by_queue.add_metric([queue], depth)
                 yield by_queue
-        info = GaugeMetricFamily("iris_model_info", "1 for each model name and version a worker serves.",
-                                 labels=["name", "version"])
+        info = GaugeMetricFamily("iris_model_info", "1 for each model name and version a worker serves (role "
+                                 "champion) or shadows (role challenger).", labels=["name", "version", "role"])
         try:
             # /readyz's cached broadcast (2 s); when older, the scrape waits up to 1.5 s for the workers' replies.
             workers = services.readiness.workers.workers()
         except QueueUnavailable:  # no answer within the wait: no model info this scrape
             workers = {}
-        for name, version in sorted({(str(w.get("model_name")), str(w.get("model_version")))
-                                     for w in workers.values()}):
-            info.add_metric([name, version], 1)
+        for role, name, version in sorted(served_models(workers)):
+            info.add_metric([name, version, role], 1)
         yield info
 
 

@@ -74,11 +74,19 @@ class WorkerModel(BaseModel):
     model_run_id: str
 
 
+class ServedVersions(Closed):
+    """The versions the answering workers serve, by role (docs/model-lifecycle.md, "Shadowing a challenger")."""
+
+    champion: list[str] = Field(description="The versions answering requests (two during a live swap).")
+    challenger: list[str] = Field(description="The versions shadowing them; empty when none is loaded.")
+
+
 class Ready(Closed):
     """``data`` of GET /readyz (api/broker/readiness.py ``Readiness.check``)."""
 
     status: Literal["ready"]
     workers: dict[str, WorkerModel] = Field(description="Each answering worker's name and model.")
+    models: ServedVersions
     queue_depth: int = Field(ge=0, description="Task messages waiting in both queues together (QUEUE_MAX_LENGTH "
                                                "bounds it).")
     queue_depths: dict[str, int] = Field(description="Task messages waiting in each queue: iris and iris.rows.")

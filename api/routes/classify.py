@@ -8,7 +8,9 @@ from werkzeug.exceptions import UnsupportedMediaType
 
 from api.errors import PayloadTooLarge, ValidationFailed
 from api.extension import service, settings
+from api.web import callbacks
 from api.web.envelope import success
+from api.web.idempotency import idempotency_key
 from shared.schemas import BatchPayload, ClassifyPayload, format_validation_error
 
 M = TypeVar("M", bound=BaseModel)
@@ -35,8 +37,11 @@ def classify() -> Response:
 
 @bp.post("/async")
 def classify_async() -> Response:
-    """Queue one classification and answer 202 with where to poll."""
-    task_id = service().classify_async(_parse(ClassifyPayload).model_dump())
+    """Queue one classification and answer 202 with where to poll (the same task again for a repeated
+    Idempotency-Key)."""
+    payload = _parse(ClassifyPayload).model_dump()
+    task_id = service().classify_async(payload, callbacks.requested(settings()),
+                                       idempotency_key(settings().idempotency_prefix, payload))
     location = url_for("tasks.task_status", task_id=task_id)
     return success({"task_id": task_id, "status": "PENDING", "status_url": location}, status=202,
                    headers={"Location": location})
@@ -44,10 +49,12 @@ def classify_async() -> Response:
 
 @bp.post("/batch")
 def classify_batch() -> Response:
-    """Classify up to BATCH_MAX_ROWS flowers in one task, answering in order."""
+    """Classify up to BATCH_MAX_ROWS flowers in one task, answering in order (as the first request did, for a
+    repeated Idempotency-Key)."""
     limit = settings().batch_max_rows
     batch = _parse(BatchPayload)
     if len(batch.instances) > limit:
         raise PayloadTooLarge(f"{len(batch.instances)} instances; at most {limit} per request")
-    _, answers = service().classify_batch([item.row() for item in batch.instances])
+    rows = [item.row() for item in batch.instances]
+    _, answers = service().classify_batch(rows, idempotency_key(settings().idempotency_prefix, rows))
     return success(answers)

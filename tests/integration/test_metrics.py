@@ -71,7 +71,7 @@ def test_the_api_sums_its_processes_figures_and_the_worker_serves_its_own(stack_
         batches = api[("iris_batch_size_count", ())]
         assert 1 <= batches <= REQUESTS
         assert api[("iris_queue_depth", ())] >= 0
-        assert api[("iris_model_info", (("name", "iris-classifier"), ("version", version)))] == 1
+        assert api[("iris_model_info", (("name", "iris-classifier"), ("role", "champion"), ("version", version)))] == 1
 
     def grew(after: Samples, name: str) -> float:
         return total(after, name) - total(before, name)
@@ -84,4 +84,4 @@ def test_the_api_sums_its_processes_figures_and_the_worker_serves_its_own(stack_
     assert grew(figures, "iris_predictions_total") == REQUESTS
     assert grew(figures, "iris_task_duration_seconds_count") == batches
     assert figures[("iris_model_loads_total", ())] >= 1
-    assert figures[("iris_model_info", (("name", "iris-classifier"), ("version", version)))] == 1
+    assert figures[("iris_model_info", (("name", "iris-classifier"), ("role", "champion"), ("version", version)))] == 1

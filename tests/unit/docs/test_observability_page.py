@@ -8,7 +8,8 @@ from prometheus_client import CollectorRegistry
 
 from api.observability.metrics import ApiMetrics, StateCollector
 from tests.unit.api.observability.test_metrics import fake_services
-from worker.metrics import RejectionCollector, SwapCollector, TaskMetrics
+from worker.metrics import RejectionCollector, ShadowCollector, SwapCollector, TaskMetrics
+from worker.shadow import Shadow, ShadowQueue
 from worker.swap import ModelSwapper
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
@@ -37,7 +38,10 @@ def exported() -> set[str]:
     model = SimpleNamespace(name="m", version="1")
     swapper = ModelSwapper(lambda: "1", lambda version: model)  # type: ignore[arg-type,return-value]
     swapper.start()
-    registry.register(SwapCollector(lambda: swapper))
+    challenger = ModelSwapper(lambda: "2", lambda version: model, role="challenger")  # type: ignore[arg-type,return-value]
+    challenger.check()
+    registry.register(SwapCollector(lambda: swapper, lambda: challenger))
+    registry.register(ShadowCollector(Shadow(lambda: model, lambda: None, 1.0, ShadowQueue(1))))  # type: ignore[arg-type,return-value]
     registry.register(RejectionCollector({"not_json": 1}))
     names = set()
     for source in (api.registry, registry):

@@ -72,8 +72,10 @@ def test_the_scrape_reads_the_swappers_counters_and_the_served_version() -> None
     assert registry.get_sample_value("iris_model_loads_total") == 2
     assert registry.get_sample_value("iris_model_swaps_total") == 1
     assert registry.get_sample_value("iris_model_load_failures_total") == 1
-    assert registry.get_sample_value("iris_model_info", {"name": "iris-classifier", "version": "2"}) == 1
-    assert registry.get_sample_value("iris_model_info", {"name": "iris-classifier", "version": "1"}) is None
+    champion = {"name": "iris-classifier", "role": "champion"}
+    assert registry.get_sample_value("iris_model_info", {**champion, "version": "2"}) == 1
+    assert registry.get_sample_value("iris_model_info", {**champion, "version": "1"}) is None
+    assert registry.get_sample_value("iris_challenger_load_failures_total") is None  # no shadowing, no such figure
 
 
 def test_nothing_is_reported_before_the_model_loads() -> None:

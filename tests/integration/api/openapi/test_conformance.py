@@ -18,15 +18,32 @@ CONFIG = """
 # row: JSON Schema cannot say "as long as", so a generated body the schema allows can still be refused with a 400.
 include-path = "/invocations"
 checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+# /v2's inference: data must hold as many values as the shape says, and four tensors must name each feature once;
+# JSON Schema cannot say either, so a body the schema allows can still be refused with a 400.
+include-path-regex = "^/v2/models/.*/infer$"
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+# The same Idempotency-Key with another body is a 422 by design (docs/api.md), and schemathesis sends one key
+# with many bodies: a 422 passes here, every other check and status stays as strict.
+include-path-regex = "^/v1/classify/(async|batch)$"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 """
 
 
 def _schemathesis(url: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    """Run schemathesis with every check but CONFIG's, a fixed seed and a bounded number of cases per operation."""
+    """Run schemathesis with every check but CONFIG's, a fixed seed and a bounded number of cases per operation.
+
+    One worker: two threads describing hypothesis's first filter lambdas at once hit CPython 3.11's shared AST
+    recursion counter ("AST constructor recursion depth mismatch", python/cpython#106905), which GET and DELETE
+    /v1/tasks/{task_id}, side by side in the run, did on every run.
+    """
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG)
     argv = [str(SCHEMATHESIS), "--config-file", str(config), "run", f"{url}/openapi.json", "--max-examples", "25",
-            "--seed", "20240611", "--workers", "2", "--generation-database", "none", "--request-timeout", "15",
+            "--seed", "20240611", "--workers", "1", "--generation-database", "none", "--request-timeout", "15",
             "--no-color", *extra]
     return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
 
@@ -52,7 +69,7 @@ def test_schemathesis_with_api_keys_finds_no_server_error_and_the_keys_enforced(
         assert spec["paths"]["/v1/classify"]["post"]["security"] == [{"bearerAuth": []}, {"apiKeyHeader": []}]
         # Short: the run above covers the bodies; this one checks the keys (ignored_auth sends none or a wrong one).
         run = _schemathesis(url, tmp_path, "--header", f"Authorization: Bearer {API_KEY}",
-                            "--include-path-regex", "^/(v1/|invocations)", "--phases", "examples,fuzzing",
+                            "--include-path-regex", "^/(v1/|invocations|v2/models/)", "--phases", "examples,fuzzing",
                             "--max-examples", "5")
     print(_summary(run))
     assert run.returncode == 0, _summary(run)

@@ -79,8 +79,21 @@ def readiness(results: FakeResults, admission: FakeAdmission, workers: FakeWorke
 def test_ready_names_the_workers_and_a_fresh_depth_of_both_queues(readiness: Readiness,
                                                                     admission: FakeAdmission) -> None:
     assert readiness.check() == {"status": "ready", "workers": WORKERS, "queue_depth": 7,
-                                 "queue_depths": {"iris": 4, "iris.rows": 3}}
+                                 "queue_depths": {"iris": 4, "iris.rows": 3},
+                                 "models": {"champion": ["3"], "challenger": []}}
     assert admission.fresh == [True]  # readiness never answers from a cached depth
+
+
+def test_ready_lists_the_champion_and_challenger_versions_across_the_workers(
+        results: FakeResults, admission: FakeAdmission, circuit: Circuit) -> None:
+    shadowing = {"model_version": "3", "model_name": "iris-classifier",
+                 "challenger": {"model_version": "4", "model_name": "iris-classifier", "counters": {}}}
+    workers = FakeWorkers({"celery@w1": shadowing, "celery@w2": {**shadowing, "model_version": "2"},
+                           "celery@w3": {"model_version": "3", "model_name": "iris-classifier",
+                                         "challenger": {"counters": {}, "last_failure": {"version": "5"}}}})
+    readiness = Readiness(cast(redis.Redis, results), cast(Admission, admission), cast(WorkerCheck, workers),
+                          circuit)
+    assert readiness.check()["models"] == {"champion": ["2", "3"], "challenger": ["4"]}
 
 
 def test_a_failed_ping_is_queue_unavailable_and_trips_the_circuit(readiness: Readiness, results: FakeResults,

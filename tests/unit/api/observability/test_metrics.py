@@ -143,15 +143,18 @@ def collect(services: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], floa
             for family in metrics.StateCollector(services).collect() for s in family.samples}
 
 
-def test_the_scrape_reads_the_depth_of_both_queues_and_one_series_per_served_model_version() -> None:
+def test_the_scrape_reads_the_depth_of_both_queues_and_one_series_per_served_model_version_and_role() -> None:
     model = {"model_name": "iris-classifier", "model_version": "1"}
+    shadowing = {**model, "challenger": {"model_name": "iris-classifier", "model_version": "3"}}
     got = collect(fake_services({"iris": 7, "iris.rows": 2}, {
-        "w1@a": model, "w2@b": model, "w3@c": {"model_name": "iris-classifier", "model_version": "2"}}))
+        "w1@a": model, "w2@b": shadowing, "w3@c": {"model_name": "iris-classifier", "model_version": "2",
+                                                   "challenger": {"counters": {}}}}))  # no challenger loaded
     assert got == {("iris_queue_depth", ()): 9,  # together, as QUEUE_MAX_LENGTH bounds them
                    ("iris_queue_messages", (("queue", "iris"),)): 7,
                    ("iris_queue_messages", (("queue", "iris.rows"),)): 2,
-                   ("iris_model_info", (("name", "iris-classifier"), ("version", "1"))): 1,
-                   ("iris_model_info", (("name", "iris-classifier"), ("version", "2"))): 1}
+                   ("iris_model_info", (("name", "iris-classifier"), ("role", "champion"), ("version", "1"))): 1,
+                   ("iris_model_info", (("name", "iris-classifier"), ("role", "champion"), ("version", "2"))): 1,
+                   ("iris_model_info", (("name", "iris-classifier"), ("role", "challenger"), ("version", "3"))): 1}
 
 
 def test_the_scrape_leaves_out_what_redis_cannot_answer_rather_than_report_zero() -> None:

@@ -46,13 +46,15 @@ def _resolve(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_spec_documents_every_route_of_the_app_but_the_pages(app: Flask, spec: dict[str, Any]) -> None:
     """A route added without an entry in api/openapi/spec.py's OPERATIONS fails here."""
+    routed: dict[str, set[str]] = {}  # one path may have a rule per method (GET and DELETE /v1/tasks/{task_id})
     for rule in app.url_map.iter_rules():
         if rule.endpoint.split(".")[0] in openapi.UNDOCUMENTED_BLUEPRINTS:
             continue
         path = openapi.openapi_path(rule.rule)
         assert path in spec["paths"], f"{rule.rule} ({rule.endpoint}) is missing from /openapi.json"
-        methods = {method.lower() for method in rule.methods or ()} - {"head", "options"}
-        assert methods == set(spec["paths"][path]), rule.rule
+        routed.setdefault(path, set()).update({method.lower() for method in rule.methods or ()} - {"head", "options"})
+    for path, methods in routed.items():
+        assert methods == set(spec["paths"][path]), path
     assert {"/v1/classify", "/v1/classify/async", "/v1/classify/batch", "/v1/tasks/{task_id}", "/invocations",
             "/livez", "/readyz", "/ping", "/version"} <= set(spec["paths"])
 
@@ -94,6 +96,46 @@ def test_with_api_keys_the_protected_routes_document_their_key_and_401_and_the_d
     for path in ("/livez", "/readyz", "/ping", "/version"):
         assert "security" not in spec["paths"][path]["get"] and "401" not in spec["paths"][path]["get"]["responses"]
     assert client.get("/docs").status_code == 200
+
+
+V2_PATHS = {"/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{model_name}",
+            "/v2/models/{model_name}/ready", "/v2/models/{model_name}/infer",
+            "/v2/models/{model_name}/versions/{model_version}",
+            "/v2/models/{model_name}/versions/{model_version}/ready",
+            "/v2/models/{model_name}/versions/{model_version}/infer"}
+
+
+def test_the_v2_routes_document_the_protocols_bodies_and_its_error_object(spec: dict[str, Any]) -> None:
+    assert set(spec["paths"]) >= V2_PATHS
+    infer = spec["paths"]["/v2/models/{model_name}/versions/{model_version}/infer"]["post"]
+    assert set(infer["responses"]) == {"200", "400", "404", "413", "500", "503", "504"}
+    for status, answer in infer["responses"].items():
+        schema = _resolve(spec, _resolve(spec, answer)["content"]["application/json"]["schema"])
+        expected = {"model_name", "model_version", "id", "outputs"} if status == "200" else {"error"}
+        assert set(schema["properties"]) == expected, status
+    assert "Location" in _resolve(spec, infer["responses"]["504"])["headers"]
+    assert "Retry-After" in _resolve(spec, infer["responses"]["503"])["headers"]
+    request = _resolve(spec, infer["requestBody"]["content"]["application/json"]["schema"])
+    assert request["required"] == ["inputs"] and request["additionalProperties"] is False
+    tensor = _resolve(spec, request["properties"]["inputs"]["items"])
+    assert tensor["properties"]["datatype"]["enum"] == ["FP32", "FP64"]
+    names = {p["name"]: p for p in infer["parameters"] if "name" in p}
+    assert names["model_name"]["schema"] == {"type": "string", "enum": ["iris-classifier"]}
+    assert names["model_version"]["schema"] == {"type": "string"}
+    assert spec["paths"]["/v2/health/ready"]["get"]["responses"]["503"] == {
+        "$ref": "#/components/responses/V2Unavailable"}
+    assert "503" not in spec["paths"]["/v2/health/live"]["get"]["responses"]
+
+
+def test_with_api_keys_the_v2_model_routes_document_their_key_and_a_401_error_object() -> None:
+    spec = _app(api_keys=SecretStr("k1-0123456789abcdef")).test_client().get("/openapi.json").get_json()
+    for path, operations in spec["paths"].items():
+        if path.startswith("/v2/models/"):
+            for operation in operations.values():
+                assert operation["security"] == [{"bearerAuth": []}, {"apiKeyHeader": []}], path
+                assert operation["responses"]["401"] == {"$ref": "#/components/responses/V2Unauthorized"}, path
+        elif path.startswith("/v2"):
+            assert "security" not in operations["get"] and "401" not in operations["get"]["responses"], path
 
 
 def test_schemathesis_loads_the_spec_and_every_ref_resolves(spec: dict[str, Any]) -> None:
