@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     # Deliveries pending at once: the API answers 503 to a new Callback-URL once this many wait.
     webhook_max_pending: int = Field(10_000, ge=1)
 
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _blank_secret_is_none(cls, value: object) -> object:
+        """Take an empty WEBHOOK_SECRET (compose passes ${WEBHOOK_SECRET:-}) as unset: never sign with ''."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("webhook_allowed_hosts")
     @classmethod
     def _parse_allowed_hosts(cls, value: str) -> str:

@@ -121,3 +121,10 @@ def test_the_status_data_names_a_failure_by_type_and_redacted_message() -> None:
                     "error": {"raised": "ValueError", "message": "cannot reach redis://:***@redis:6379/0"}}
     assert status_data("t2", "SUCCESS", {"pred_label": "Iris-setosa"})["result"] == {"pred_label": "Iris-setosa"}
     assert status_data("t3", "STARTED", None) == {"task_id": "t3", "status": "STARTED", "result": None, "error": None}
+
+
+def test_an_empty_webhook_secret_leaves_webhooks_off() -> None:
+    assert Settings(webhook_secret="").webhook_secret is None
+    assert Settings(webhook_secret="  ").webhook_secret is None
+    secret = Settings(webhook_secret="s3cret").webhook_secret
+    assert secret is not None and secret.get_secret_value() == "s3cret"
