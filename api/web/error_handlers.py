@@ -35,16 +35,23 @@ def _http_error(exc: HTTPException) -> Response:
     return failure(status, type(exc).__name__, _raised_on(), exc.description or exc.name, headers=headers)
 
 
+def known_failure(exc: Exception) -> ApiError | None:
+    """Return the API error an uncaught broker failure stands for (a refused publish: QueueFull; a Redis outage:
+    QueueUnavailable), logged once here, or None for anything else. Every protocol's handlers ask this."""
+    if refused(exc):
+        log.warning("the broker refused a publish on %s %s: answering 503 QueueFull", request.method, request.path)
+        return QueueFull()
+    if isinstance(exc, REDIS_DOWN):
+        log.warning("Redis unreachable on %s %s: %s", request.method, request.path, exc)
+        return QueueUnavailable()
+    return None
+
+
 def _unexpected(exc: Exception) -> Response:
     """Answer a publish the broker refused that no layer caught as QueueFull, a Redis outage as the outage's 503;
     anything else as a bare 500."""
-    if refused(exc):
-        log.warning("the broker refused a publish on %s %s: answering 503 QueueFull", request.method, request.path)
-        return _api_error(QueueFull())
-    if isinstance(exc, REDIS_DOWN):
-        log.warning("Redis unreachable on %s %s: %s", request.method, request.path, exc)
-        return _api_error(QueueUnavailable())
-    return _internal_error(exc)
+    known = known_failure(exc)
+    return _api_error(known) if known is not None else _internal_error(exc)
 
 
 def _internal_error(exc: BaseException) -> Response:

@@ -11,8 +11,8 @@ import orjson
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
-from api.broker.circuit import REDIS_DOWN, refused
-from api.errors import ApiError, QueueFull, QueueUnavailable, TimedOut
+from api.errors import ApiError, TimedOut
+from api.web.error_handlers import known_failure
 from api.web.request_id import ENVIRON_KEY
 
 log = logging.getLogger(__name__)
@@ -43,13 +43,8 @@ def _http_error(exc: HTTPException) -> Response:
 def _unexpected(exc: Exception) -> Response:
     """Answer a publish the broker refused as QueueFull and a Redis outage as its 503, as the envelope does; anything
     else as a 500 naming only the request id."""
-    if refused(exc):
-        log.warning("the broker refused a publish on %s %s: answering 503 QueueFull", request.method, request.path)
-        return _api_error(QueueFull())
-    if isinstance(exc, REDIS_DOWN):
-        log.warning("Redis unreachable on %s %s: %s", request.method, request.path, exc)
-        return _api_error(QueueUnavailable())
-    return _internal_error(exc)
+    known = known_failure(exc)
+    return _api_error(known) if known is not None else _internal_error(exc)
 
 
 def _internal_error(exc: BaseException) -> Response:
