@@ -1,8 +1,10 @@
 """Idempotency-Key on POST /v1/classify/async and /batch: one task per key, across API processes and retries."""
 
 import hashlib
+import json
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +16,8 @@ from flask.testing import FlaskClient
 
 from api import create_app
 from shared.settings import Settings
-from tests.helpers import SEED_EXAMPLE, make_settings
+from shared.transport.ledger import ledger_keys
+from tests.helpers import SEED_EXAMPLE, WorkerProcess, api_server, make_settings
 
 SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 API_KEY, OTHER_KEY = "idempotency-test-key-" + "a" * 16, "idempotency-test-key-" + "b" * 16
@@ -27,7 +30,7 @@ def queued(lonely_env: dict[str, str]) -> Iterator[tuple[Settings, redis.Redis, 
     broker = redis.Redis.from_url(settings.celery_broker_url)
     results = redis.Redis.from_url(settings.celery_result_backend)
     yield settings, broker, results
-    broker.delete(settings.iris_queue, settings.rows_queue)
+    broker.delete(settings.iris_queue, settings.rows_queue, *ledger_keys(settings.iris_queue))
 
 
 def _submit(client: FlaskClient, key: str | None, body: dict[str, Any] = SEED_EXAMPLE,
@@ -81,7 +84,7 @@ def test_a_key_record_lives_idempotency_ttl_seconds_and_holds_no_api_key(lonely_
     assert API_KEY.encode() not in stored and b"ttl-" not in stored
 
 
-def test_two_api_processes_racing_with_one_key_queue_one_task(queued: Any) -> None:
+def test_two_app_instances_racing_with_one_key_queue_one_task(queued: Any) -> None:
     settings, broker, _ = queued
     clients = [create_app(settings).test_client() for _ in range(2)]  # two apps: two processes' state, one Redis
     keys = [uuid.uuid4().hex for _ in range(12)]
@@ -188,3 +191,37 @@ def test_a_batch_answered_in_time_answers_the_same_results_again(client: FlaskCl
     results.delete(meta)
     expired = _submit(client, key, body, "/v1/classify/batch")
     assert expired.status_code == 409 and expired.get_json()["error"]["raised"] == "IdempotencyResultExpired"
+
+
+def _post_async(url: str, key: str) -> tuple[int, str]:
+    """POST the seed example to ``url``'s async route with ``key``; return the status and the task id."""
+    request = urllib.request.Request(f"{url}/v1/classify/async", data=json.dumps(SEED_EXAMPLE).encode(),
+                                     headers={"Content-Type": "application/json", "Idempotency-Key": key})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return resp.status, json.loads(resp.read())["data"]["task_id"]
+
+
+def test_two_real_api_processes_racing_with_one_key_queue_one_task(stack_env: dict[str, str],
+                                                                   worker: WorkerProcess) -> None:
+    """Two granian servers (two processes, their own connections) get each key at the same instant."""
+    queue = f"iris-idem-{uuid.uuid4().hex[:8]}"  # no worker consumes it: what is queued stays there
+    env = {**stack_env, "IRIS_QUEUE": queue}
+    broker = redis.Redis.from_url(stack_env["CELERY_BROKER_URL"])
+    try:
+        with api_server(env, server="granian", WEB_CONCURRENCY="1") as one, \
+                api_server(env, server="granian", WEB_CONCURRENCY="1") as two:
+            keys = [uuid.uuid4().hex for _ in range(8)]
+            for key in keys:
+                start = threading.Barrier(2)
+
+                def submit(url: str, key: str = key, start: threading.Barrier = start) -> tuple[int, str]:
+                    start.wait()
+                    return _post_async(url, key)
+
+                with ThreadPoolExecutor(2) as pool:
+                    answers = list(pool.map(submit, (one, two)))
+                assert [status for status, _ in answers] == [202, 202]
+                assert answers[0][1] == answers[1][1]
+            assert broker.llen(queue) == len(keys)
+    finally:
+        broker.delete(queue, *ledger_keys(queue))
