@@ -249,7 +249,8 @@ def test_workers_killed_as_tasks_reach_them_lose_none_on_rabbitmq(broker: Broker
     # RabbitMQ gives back every delivery when the connection closes. Redis's BRPOP has removed a task before the
     # worker reads it, so a task that reached a dead worker's socket is neither queued nor unacknowledged: the
     # window docs/reliability.md describes, counted here (the ledger of its own queue, which no worker here
-    # sweeps, still holds a copy: in the stack, the other workers' sweep would restore it). Then one worker consumes every queue and the test counts what never succeeds.
+    # sweeps, still holds a copy: in the stack, the other workers' sweep would restore it). Then one worker
+    # consumes every queue and the test counts what never succeeds.
     env = {**broker.env, "VISIBILITY_TIMEOUT_SECONDS": "10"}
     kills = KILLS[broker.name]
     workers = [WorkerProcess(env, queue=f"kill{k}") for k in range(kills)]
