@@ -150,12 +150,22 @@ def delivery_tag(envelope: Any) -> str | None:
 
 
 def _holds_data(sock: Any) -> bool:
-    """Return whether ``sock`` has bytes waiting, without reading them (a TLS socket may buffer some itself)."""
+    """Return whether ``sock`` has bytes waiting, without reading them (a TLS socket may buffer some itself).
+
+    poll, not select: select refuses a descriptor above 1023, and a closed socket (fd -1) holds nothing.
+    """
     pending = getattr(sock, "pending", None)
     if callable(pending) and pending():
         return True
-    readable, _, _ = select.select([sock], [], [], 0)
-    return bool(readable)
+    try:
+        fd = sock.fileno()
+    except OSError:
+        return False
+    if fd < 0:
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
 
 
 class Channel(ledger.Channel):
@@ -170,7 +180,9 @@ class Channel(ledger.Channel):
         """Deliver a reply already waiting on the BRPOP connection, then send the next BRPOP."""
         connection = self.client.connection
         sock = getattr(connection, "_sock", None) if connection is not None else None
-        if sock is not None and _holds_data(sock):
+        if sock is not None and sock.fileno() < 0:
+            connection.disconnect()  # closed under it (another thread's disconnect): the BRPOP reconnects
+        elif sock is not None and _holds_data(sock):
             try:
                 self._brpop_read()  # delivers the message, as if kombu had been waiting for it
             except Empty:

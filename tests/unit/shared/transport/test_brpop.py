@@ -352,3 +352,13 @@ def test_a_broadcast_that_is_not_a_message_is_dropped_and_a_good_one_delivered(
     finally:
         brpop.listen(None)
         next(channels, None)
+
+
+def test_a_closed_socket_holds_nothing_and_a_waiting_reply_is_seen(
+        sockets: tuple[socket.socket, socket.socket]) -> None:
+    ours, redis_side = sockets
+    assert not brpop._holds_data(ours)
+    redis_side.sendall(b"*-1\r\n")
+    assert brpop._holds_data(ours)
+    ours.close()  # what another thread's disconnect can leave in a connection's _sock: fd -1
+    assert not brpop._holds_data(ours)
