@@ -89,7 +89,9 @@ def test_a_sync_row_whose_batch_died_with_its_worker_is_answered_at_its_poll_url
         broker.delete(settings.rows_queue, "iris-lost")
 
 
-def test_dead_worker_makes_readyz_503_and_queued_work_survives(lonely_env: dict[str, str]) -> None:
+def test_dead_worker_makes_readyz_503_and_queued_work_survives(private_env: dict[str, str]) -> None:
+    # A Redis of its own: on a shared database, any other test's worker still alive would answer the readiness check.
+    lonely_env = private_env
     worker = WorkerProcess(lonely_env, queue="iris-dead").start()
     app = create_app(make_settings(lonely_env, iris_queue="iris-dead"))
     client = app.test_client()

@@ -22,6 +22,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from api import create_app
+from api.broker.readiness import served_models
 from shared.schemas import FEATURES, LABELS
 from shared.settings import get_settings
 from tests.helpers import WorkerProcess, free_port, make_settings
@@ -125,13 +126,17 @@ def stored_agreement(env: dict[str, str], champion: str, challenger: str, rows: 
     return int(client.hget(key, "rows") or 0), int(client.hget(key, "agree") or 0), int(client.ttl(key))
 
 
-def readyz_models(api: FlaskClient, expected: dict[str, list[str]]) -> dict[str, Any]:
-    """Probe /readyz until it lists ``expected`` (its reading of the workers is reused for 2 s); return its data."""
+def readyz_models(api: FlaskClient, expected: dict[str, list[str]], model: OwnModel) -> dict[str, Any]:
+    """Probe /readyz until its workers serving ``model`` list ``expected`` (other tests' workers may answer on this
+    broker too; the reading is reused for 2 s); return its data."""
     deadline = time.monotonic() + 10
     while True:
         resp = api.get("/readyz")
         data: dict[str, Any] = resp.get_json()["data"] if resp.status_code == 200 else {}
-        if data.get("models") == expected:
+        ours = {(role, version) for role, name, version in served_models(data.get("workers", {}))
+                if name == model.name}
+        listed = {role: sorted(v for r, v in ours if r == role) for role in ("champion", "challenger")}
+        if listed == expected and all(set(expected[r]) <= set(data["models"][r]) for r in expected):
             return data
         assert time.monotonic() < deadline, data
         time.sleep(0.2)
@@ -141,7 +146,7 @@ def test_a_challenger_that_breaks_the_contract_is_refused_and_reported_while_the
         model: OwnModel, env: dict[str, str], shadow_worker: WorkerProcess, api: FlaskClient,
         champion_answers: list[dict[str, Any]]) -> None:
     assert {a["model_version"] for a in champion_answers} == {"1"}
-    readyz_models(api, {"champion": ["1"], "challenger": []})  # shadowing on, no @challenger yet
+    readyz_models(api, {"champion": ["1"], "challenger": []}, model)  # shadowing on, no @challenger yet
     short = register_bad_version(model, "three_features")
     challenger = set_challenger(model, short, env, shadow_worker)
     assert "model_version" not in challenger
@@ -166,7 +171,7 @@ def test_the_challenger_shadows_every_answer_unchanged_and_promotion_follows_its
     assert rows == n and agreed <= n // 10 and 0 < ttl <= TTL
     after = shadow_figures(env)
     assert after.get("false", 0) - before.get("false", 0) == n - agreed
-    data = readyz_models(api, {"champion": ["1"], "challenger": [rotated]})
+    data = readyz_models(api, {"champion": ["1"], "challenger": [rotated]}, model)
     assert data["workers"][shadow_worker.hostname]["challenger"]["shadow"]["disagreed"] >= n - agreed
 
     for name, value in (("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"]), ("IRIS_MODEL_NAME", model.name),
@@ -183,7 +188,7 @@ def test_the_challenger_shadows_every_answer_unchanged_and_promotion_follows_its
     assert classify(api) == champion_answers
     assert stored_agreement(env, "1", twin, n)[:2] == (n, n)
     assert shadow_figures(env)["true"] - after.get("true", 0) == n
-    readyz_models(api, {"champion": ["1"], "challenger": [twin]})
+    readyz_models(api, {"champion": ["1"], "challenger": [twin]}, model)
     assert promote_main(["--min-rows", str(n)]) == 0  # what make promote-challenger runs, in this process
     assert capsys.readouterr().out.startswith(f"{model.name}@champion moved from version 1 to {twin}, which agreed on "
                                               f"100.00% of {n} shadowed rows; @{CHALLENGER} removed;")
@@ -194,7 +199,7 @@ def test_the_challenger_shadows_every_answer_unchanged_and_promotion_follows_its
     info = reload_and_wait(env, shadow_worker)
     assert info["model_version"] == twin and "model_version" not in info["challenger"]
     assert {a["model_version"] for a in classify(api)} == {twin}
-    readyz_models(api, {"champion": [twin], "challenger": []})
+    readyz_models(api, {"champion": [twin], "challenger": []}, model)
     shadow_worker.stop()
     events = [json.loads(line).get("event") for line in shadow_worker.stderr().splitlines() if line.startswith("{")]
     assert events.count("challenger_refused") == 1  # one line for the version that broke the contract
