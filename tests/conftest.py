@@ -26,6 +26,18 @@ def _answers(url: str) -> bool:
         return False
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_worker_left_behind() -> Iterator[None]:
+    """Fail the session if any test left a worker or a pool child running, and kill what it left."""
+    # Set up first, so torn down last: every fixture that owns a worker has stopped it by then. A worker left
+    # on a shared database would take other tests' tasks and answer their health checks.
+    yield
+    left = [worker.hostname for worker in WorkerProcess.started if worker.alive()]
+    for worker in WorkerProcess.started:
+        worker.kill()
+    assert not left, f"tests left these workers running: {left}"
+
+
 @pytest.fixture(scope="session")
 def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Yield ``redis://host:port`` of a live Redis: TEST_REDIS_URL's, else a private redis-server."""

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import redis
@@ -69,7 +69,10 @@ def make_settings(env: dict[str, str], **overrides: object) -> Settings:
 
 
 class WorkerProcess:
-    """A real ``celery -A worker worker`` subprocess."""
+    """A real ``celery -A worker worker`` subprocess, in a process group of its own with any pool children."""
+
+    # Every worker a test started, so that the session can check none was left running (tests/conftest.py).
+    started: ClassVar[list["WorkerProcess"]] = []
 
     def __init__(self, env: dict[str, str], queue: str = "iris", name: str | None = None,
                  extra: tuple[str, ...] = ()) -> None:
@@ -83,13 +86,21 @@ class WorkerProcess:
     def hostname(self) -> str:
         return f"{self.name}@{socket.gethostname()}"
 
-    def start(self, wait: bool = True) -> "WorkerProcess":
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", self.queue, "-n", f"{self.name}@%h",
-             "--pool", "solo", "--without-gossip", "--without-mingle", "-l", "warning", *self.extra],
-            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", self.queue, "-n", f"{self.name}@%h",
+                "--pool", "solo", "--without-gossip", "--without-mingle", "-l", "warning", *self.extra]
+
+    def start(self, wait: bool = True, ready_timeout: float = 60) -> "WorkerProcess":
+        # A group of its own, so that kill reaches whatever the worker started, not only the worker.
+        self.proc = subprocess.Popen(self.argv(), cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, process_group=0)
+        WorkerProcess.started.append(self)
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready(ready_timeout)
+            except BaseException:
+                self.kill()  # a worker that never answered must not go on serving other tests' queues
+                raise
         return self
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -115,21 +126,34 @@ class WorkerProcess:
             return ""
         return self.proc.stderr.read().decode(errors="replace")
 
+    def alive(self) -> bool:
+        """Tell whether the worker or any process of its group (a pool child) still runs."""
+        if self.proc is None:
+            return False
+        if self.proc.poll() is None:
+            return True
+        try:
+            os.killpg(self.proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
     def stop(self) -> None:
-        """Warm shutdown, as Ctrl-C or a container stop does."""
+        """Warm shutdown, as Ctrl-C or a container stop does; kill the group if it is not done in 30 s."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        self.kill()  # and any pool child the parent did not take with it
 
     def kill(self) -> None:
-        """Die at once, as an OOM kill or a lost host does."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        """Die at once with its pool, as an OOM kill of the container or a lost host does."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            # The group outlives its leader while a member runs, so its id cannot have been reused.
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
 
 
 class RedisServer:

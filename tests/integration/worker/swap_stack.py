@@ -2,7 +2,6 @@
 
 import json
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -28,7 +27,7 @@ from sklearn.preprocessing import StandardScaler
 from shared.celery_app import create_celery
 from shared.reload import request_reload, wait_for_checks
 from shared.schemas import FEATURES, LABELS
-from tests.helpers import ROOT, SEED_EXAMPLE, WorkerProcess, api_server, make_settings
+from tests.helpers import SEED_EXAMPLE, WorkerProcess, api_server, make_settings
 from tests.model_traps import SkopsTrap, UnpickleTrap
 from training.registry import promote
 
@@ -65,16 +64,13 @@ class OwnModel:
 class PreforkWorker(WorkerProcess):
     """A worker with a prefork pool of two children (WorkerProcess's own command line pins the solo pool)."""
 
-    def start(self, wait: bool = True) -> "PreforkWorker":
+    def __init__(self, env: dict[str, str], queue: str = "iris") -> None:
         # WORKER_POOL, not --pool: Celery takes `--pool prefork`, its default, to mean "the configured pool".
-        env = {**self.env, "WORKER_POOL": "prefork", "WORKER_CONCURRENCY": "2"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", self.queue, "-n", f"{self.name}@%h",
-             "--without-gossip", "--without-mingle", "-l", "warning"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if wait:
-            self.wait_ready()
-        return self
+        super().__init__({**env, "WORKER_POOL": "prefork", "WORKER_CONCURRENCY": "2"}, queue=queue)
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", self.queue, "-n", f"{self.name}@%h",
+                "--without-gossip", "--without-mingle", "-l", "warning"]
 
 
 @contextmanager
