@@ -113,7 +113,7 @@ class QoS(kombu_redis.QoS):
         with self.pipe_or_acquire() as pipe:
             pipe.zadd(self.unacked_index_key, {delivery_tag: time()}).hset(
                 self.unacked_key, delivery_tag, dumps([message._raw, exchange, routing_key]))
-            forget(pipe, self.channel.ledger_queues or (), delivery_tag).execute()
+            forget(pipe, self.channel.consumed_ledgers(), delivery_tag).execute()
             virtual.QoS.append(self, message, delivery_tag)  # kombu's Redis QoS.append ends with this too
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
@@ -134,6 +134,8 @@ class Channel(kombu_redis.Channel):
     ledger_max_age: float = 86400.0
     #: Ledger entries each sweep reads per queue.
     ledger_sweep_limit: int = 100
+    #: Queues this channel has taken messages from with acknowledgements, which :meth:`QoS.append` records.
+    _acked_queues: frozenset[str] = frozenset()
     from_transport_options = (*kombu_redis.Channel.from_transport_options,  # type: ignore[assignment]
                               "ledger_queues", "ledger_max_age", "ledger_sweep_limit")
 
@@ -173,7 +175,9 @@ class Channel(kombu_redis.Channel):
     def basic_consume(self, queue: str, no_ack: bool, callback: Callable[[Any], Any], consumer_tag: str,
                       **kwargs: Any) -> Any:
         """Consume ``queue``; a ledgered queue consumed without acknowledgements forgets each message on delivery."""
-        if no_ack and queue in self.ledger_queues:
+        if not no_ack:
+            self._acked_queues = self._acked_queues | {queue}
+        elif queue in self.ledger_queues:
             deliver = callback
 
             def callback(message: Any) -> Any:
@@ -185,21 +189,34 @@ class Channel(kombu_redis.Channel):
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         """Get one message as kombu does; from a ledgered queue without acknowledgement, forget it too."""
+        if not no_ack:
+            self._acked_queues = self._acked_queues | {queue}
         message = super().basic_get(queue, no_ack, **kwargs)
         if message is not None and no_ack and queue in self.ledger_queues:
             with self.conn_or_acquire() as client:
                 forget(client.pipeline(), (queue,), message.delivery_tag).execute()
         return message
 
+    def consumed_ledgers(self) -> tuple[str, ...]:
+        """Name the ledgers this channel removes deliveries from: its ledgered queues, and those it consumes with acks.
+
+        Not only ``ledger_queues``: a worker given other queues with -Q than the ones it ledgers must still remove
+        what it takes from their ledgers, or a worker that sweeps them would hand each message back to run again.
+        An empty ledger costs three commands per delivery and one sweep. Queues consumed without acknowledgements
+        (the rows queue) are left out: only a ledgered one is forgotten on delivery (:meth:`basic_consume`).
+        """
+        return tuple(dict.fromkeys((*self.ledger_queues, *sorted(self._acked_queues))))
+
     def forget_delivery(self, tag: str) -> None:
         """Remove ``tag`` from every ledger: its message was dropped, and must not be handed back."""
-        if self.ledger_queues:
+        if queues := self.consumed_ledgers():
             with self.conn_or_acquire() as client:
-                forget(client.pipeline(), self.ledger_queues, tag).execute()
+                forget(client.pipeline(), queues, tag).execute()
 
     def sweep_ledgers(self) -> int:
         """Push back each ledgered message popped and never delivered for ``visibility_timeout``; return how many."""
-        queues = [q for q in self.ledger_queues if q in self._active_queues]
+        # Whoever consumes a queue sweeps its ledger, as it removes its deliveries from it.
+        queues = [queue for queue in self.consumed_ledgers() if queue in self._active_queues]
         restored = 0
         if not queues:
             return 0

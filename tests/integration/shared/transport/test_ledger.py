@@ -134,3 +134,24 @@ def test_other_queues_are_not_ledgered(channel: Any) -> None:
         assert redis_of(channel).exists(*ledger_keys("iris-test-ledger.rows")) == 0
     finally:
         redis_of(channel).delete("iris-test-ledger.rows")
+
+
+def test_a_consumer_that_does_not_ledger_a_queue_still_removes_its_deliveries_and_sweeps_it(
+    channel: Any, redis_base: str
+) -> None:
+    # A worker started with -Q on a queue another process ledgers (the kill drill's sweeper does this).
+    url = f"{redis_base}/{LONELY_BROKER_DB}"
+    with Connection(url, transport=Transport, transport_options={"visibility_timeout": GRACE}) as conn:
+        other = conn.channel()
+        publish(channel, "taken")
+        got = other.basic_get(QUEUE, no_ack=False)
+        assert got is not None and ledgered(channel) == []  # removed in kombu's MULTI: nobody hands it back
+        other.basic_ack(got.delivery_tag)
+
+        other.basic_consume(QUEUE, no_ack=False, callback=lambda message: None, consumer_tag="sweeper")
+        tag = publish(channel, "lost on its way")
+        assert redis_of(channel).rpop(QUEUE) is not None  # popped for a worker that never read the reply
+        assert other.sweep_ledgers() == 0
+        time.sleep(GRACE + 0.1)
+        assert other.sweep_ledgers() == 1
+        assert redis_of(channel).llen(QUEUE) == 1 and ledgered(channel) == [tag.encode()]
