@@ -14,6 +14,7 @@ from api.errors import QueueFull, QueueUnavailable, TaskFailed, TimedOut
 from api.extension import KEY
 from shared.schemas import FEATURES
 from shared.settings import Settings
+from tests.unit.api.worker_fakes import FakeReadiness, FakeWorkers
 
 DOWN = "redis://127.0.0.1:1/0"
 ROWS = [[5.1, 3.5, 1.4, 0.2], [7.7, 2.6, 6.9, 2.3]]
@@ -31,24 +32,6 @@ class FakeService:
     def classify_batch(self, rows: list[list[float]]) -> tuple[str, list[dict[str, Any]]]:
         self.batches.append(rows)
         return "task-1", self.answer(rows)
-
-
-class FakeWorkers:
-    def __init__(self) -> None:
-        self.found: dict[str, Any] = {}
-        self.calls = 0
-        self.hangs = False
-
-    def workers(self) -> dict[str, Any]:
-        self.calls += 1
-        if self.hangs:
-            raise QueueUnavailable("Redis does not answer")
-        return self.found
-
-
-@dataclasses.dataclass
-class FakeReadiness:
-    workers: FakeWorkers
 
 
 @dataclasses.dataclass

@@ -14,6 +14,7 @@ from api.errors import NoWorkers, QueueFull, QueueUnavailable, TaskFailed, Timed
 from api.extension import KEY
 from shared.schemas import FEATURES, LABELS
 from shared.settings import Settings
+from tests.unit.api.worker_fakes import FakeReadiness, FakeWorkers
 
 DOWN = "redis://127.0.0.1:1/0"
 TASK = "0f9c2b7e-1d2a-4c3b-9e8f-0123456789ab"
@@ -48,28 +49,6 @@ class FakeService:
         return "batch-task", [answer("Iris-virginica") for _ in rows]
 
 
-class FakeWorkers:
-    def __init__(self) -> None:
-        self.found: dict[str, Any] = {"w1": answer(), "w2": answer(version="4")}
-        self.hangs = False
-
-    def workers(self) -> dict[str, Any]:
-        if self.hangs:
-            raise QueueUnavailable("Redis does not answer")
-        return self.found
-
-
-@dataclasses.dataclass
-class FakeReadiness:
-    workers: FakeWorkers
-    failure: Callable[[], Exception] | None = None
-
-    def check(self) -> dict[str, Any]:
-        if self.failure is not None:
-            raise self.failure()
-        return {"status": "ready"}
-
-
 @dataclasses.dataclass
 class Stack:
     app: Flask
@@ -80,7 +59,7 @@ class Stack:
 
 def build(**overrides: Any) -> Stack:
     app = create_app(Settings(celery_broker_url=DOWN, celery_result_backend=DOWN, tag="9.9.9", **overrides))
-    fake, readiness = FakeService(), FakeReadiness(FakeWorkers())
+    fake, readiness = FakeService(), FakeReadiness(FakeWorkers({"w1": answer(), "w2": answer(version="4")}))
     app.extensions[KEY] = dataclasses.replace(app.extensions[KEY], service=fake, readiness=readiness)
     return Stack(app, app.test_client(), fake, readiness)
 
