@@ -3,38 +3,20 @@
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.pyfunc.scoring_server.client import ScoringServerClient
-from sklearn.datasets import load_iris
 
 from shared.schemas import FEATURES
-from tests.helpers import WorkerProcess, api_server, load_champion, make_settings
 from worker.model import ServedModel
 
-# Two rows of each species, so that a label mix-up between rows cannot pass unseen.
-PICKS = [0, 25, 50, 75, 100, 125]
-
 
 @pytest.fixture(scope="module")
-def api_port(stack_env: dict[str, str], worker: WorkerProcess) -> Iterator[int]:
-    """The API as ``python -m api`` serves it (granian, one process), on a free port, ready for work."""
-    with api_server(stack_env, server="granian", WEB_CONCURRENCY="1") as url:
-        yield int(url.rsplit(":", 1)[1])
-
-
-@pytest.fixture(scope="module")
-def model(stack_env: dict[str, str]) -> ServedModel:
-    return load_champion(make_settings(stack_env))
-
-
-@pytest.fixture(scope="module")
-def rows() -> np.ndarray:
-    return load_iris().data[PICKS]
+def api_port(granian_url: str) -> int:
+    return int(granian_url.rsplit(":", 1)[1])
 
 
 def labels(model: ServedModel, rows: np.ndarray) -> list[str]:

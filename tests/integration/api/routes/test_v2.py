@@ -11,41 +11,21 @@ import pytest
 import tritonclient.http as triton
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
-from sklearn.datasets import load_iris
 from tritonclient.utils import InferenceServerException
 
 from api import create_app
 from shared.schemas import FEATURES, LABELS
-from tests.helpers import WorkerProcess, api_server, load_champion, make_settings
+from tests.helpers import WorkerProcess, make_settings
 from worker.model import ServedModel
 
 MODEL = "iris-classifier"
-# Two rows of each species, so that a label mix-up between rows cannot pass unseen.
-PICKS = [0, 25, 50, 75, 100, 125]
-
-
-@pytest.fixture(scope="module")
-def api_url(stack_env: dict[str, str], worker: WorkerProcess) -> Iterator[str]:
-    """The API as ``python -m api`` serves it (granian, one process), ready for work."""
-    with api_server(stack_env, server="granian", WEB_CONCURRENCY="1") as url:
-        yield url
 
 
 @pytest.fixture
-def client(api_url: str) -> Iterator[triton.InferenceServerClient]:
-    client = triton.InferenceServerClient(api_url.removeprefix("http://"), network_timeout=30)
+def client(granian_url: str) -> Iterator[triton.InferenceServerClient]:
+    client = triton.InferenceServerClient(granian_url.removeprefix("http://"), network_timeout=30)
     yield client
     client.close()
-
-
-@pytest.fixture(scope="module")
-def model(stack_env: dict[str, str]) -> ServedModel:
-    return load_champion(make_settings(stack_env))
-
-
-@pytest.fixture(scope="module")
-def rows() -> np.ndarray:
-    return load_iris().data[PICKS]
 
 
 def expected(model: ServedModel, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -146,22 +126,22 @@ def refused_infers(url: str) -> float:
                and sample.labels == {"endpoint": "v2.model_infer", "status": "400"})
 
 
-def test_hand_built_json_named_fp64_tensors_and_errors(api_url: str, model: ServedModel, rows: np.ndarray) -> None:
-    infer = f"{api_url}/v2/models/{MODEL}/infer"
+def test_hand_built_json_named_fp64_tensors_and_errors(granian_url: str, model: ServedModel, rows: np.ndarray) -> None:
+    infer = f"{granian_url}/v2/models/{MODEL}/infer"
     named = [{"name": name, "shape": [len(rows)], "datatype": "FP64", "data": rows[:, i].tolist()}
              for i, name in enumerate(FEATURES)]
     status, body = post(infer, {"id": "named", "inputs": named})
     assert status == 200 and body["id"] == "named" and body["outputs"][0]["data"] == expected(model, rows)[0]
     matrix = {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [[7.7, 2.6, 6.9, 2.3]]}
-    refused_before = refused_infers(api_url)
+    refused_before = refused_infers(granian_url)
     for bad, message in (({"datatype": "BYTES"}, "datatype must be FP32 or FP64"),
                          ({"shape": [2, 4]}, "data must hold 8 values"),
                          ({"data": [[7.7, 2.6, 6.9, -2.3]]}, "row 0, column petal_width")):
         status, body = post(infer, {"inputs": [{**matrix, **bad}]})
         assert status == 400 and message in body["error"], body
-    assert post(f"{api_url}/v2/models/iris/infer", {"inputs": [matrix]}) == (
+    assert post(f"{granian_url}/v2/models/iris/infer", {"inputs": [matrix]}) == (
         404, {"error": f"unknown model 'iris'; this server serves '{MODEL}'"})
-    assert refused_infers(api_url) == refused_before + 3  # counted as /v1's answers are, by endpoint and status
+    assert refused_infers(granian_url) == refused_before + 3  # counted as /v1's answers are, by endpoint and status
 
 
 def test_with_api_keys_infer_needs_a_key_and_reaches_the_worker_with_it(stack_env: dict[str, str],
