@@ -1,8 +1,8 @@
 """The worker's Prometheus figures, served on WORKER_METRICS_PORT by its main process: task durations,
-predictions by label and webhook outcomes (worker/webhooks.py), the served model and its loads, swaps and
-refusals, read from the swapper when scraped, and
-the queue messages dropped as malformed, by reason (worker/message_guard.py), read from its tally when scraped,
-and with SHADOW_SAMPLE > 0 the challenger and its agreement with the champion (worker/shadow.py).
+predictions by label and webhook outcomes (worker/webhooks.py); the served model and its loads, swaps and
+refusals, read from the swapper when scraped; the queue messages dropped as malformed, by reason
+(worker/message_guard.py), read from its tally when scraped; and with SHADOW_SAMPLE > 0 the challenger and its
+agreement with the champion (worker/shadow.py).
 
 The default pool, solo, runs tasks in that main process, so the port sees everything. A prefork pool runs them
 in child processes whose task and prediction figures this port does not see (the model figures stay right: the
