@@ -15,13 +15,14 @@ fields ``BaseBackend._get_result_meta`` builds, JSON), so ``AsyncResult`` and ``
 unchanged; tests/integration/api/routes/test_cancel.py reads them back through Celery.
 """
 
-import functools
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from celery import states
 from celery.exceptions import TaskRevokedError
+
+from shared.redis_scripts import registered
 
 # What REVOKE answers besides a stored state (STARTED, SUCCESS, FAILURE, RETRY, REVOKED...).
 REVOKED_NOW = "REVOKED_NOW"  # this call wrote the REVOKED meta
@@ -92,7 +93,7 @@ def started_meta(task_id: str, pid: int, hostname: str) -> bytes:
 
 def revoke(backend: Any, client: Any, task_id: str, issued_key: str, cancellable: bytes, ttl: int) -> str:
     """Revoke ``task_id`` unless it has started: REVOKED_NOW, or the state found, UNKNOWN or NOT_CANCELLABLE."""
-    answer = _script(client, REVOKE)(keys=[backend.get_key_for_task(task_id), issued_key],
+    answer = registered(client, REVOKE)(keys=[backend.get_key_for_task(task_id), issued_key],
                                      args=[cancellable, revoked_meta(backend, task_id), ttl])
     return answer.decode() if isinstance(answer, bytes) else str(answer)
 
@@ -100,12 +101,6 @@ def revoke(backend: Any, client: Any, task_id: str, issued_key: str, cancellable
 def start(backend: Any, task_id: str, pid: int, hostname: str) -> bool:
     """Mark ``task_id`` STARTED unless it was revoked; False: it was, and must not run."""
     ttl = int(backend.expires or 86400)
-    started = _script(backend.client, START)(keys=[backend.get_key_for_task(task_id)],
+    started = registered(backend.client, START)(keys=[backend.get_key_for_task(task_id)],
                                              args=[started_meta(task_id, pid, hostname), ttl])
     return bool(started)
-
-
-@functools.lru_cache(maxsize=8)
-def _script(client: Any, source: str) -> Any:
-    """Register ``source`` on ``client`` once (redis-py sends EVALSHA, then EVAL if Redis lost the script)."""
-    return client.register_script(source)

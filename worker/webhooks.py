@@ -15,7 +15,6 @@ delivery; anything else, a timeout or a refused connection is retried WEBHOOK_BA
 up to WEBHOOK_MAX_ATTEMPTS, then recorded as failed. Records expire after the whole schedule and an hour.
 """
 
-import functools
 import http.client
 import ipaddress
 import logging
@@ -31,6 +30,7 @@ import redis
 from celery import Celery, signals, states
 
 from shared import webhooks
+from shared.redis_scripts import registered
 from shared.settings import Settings
 from shared.task_status import status_data, success_envelope
 
@@ -145,7 +145,7 @@ class Recorder:
                 return
             data = status_data(task_id, meta["status"], meta.get("result"))
             body = orjson.dumps(success_envelope(data, self._settings.tag))
-            recorded = _script(sender.backend.client, _RECORD)(
+            recorded = registered(sender.backend.client, _RECORD)(
                 keys=[self._due, self._records + task_id],
                 args=[task_id, url, body, self._settings.webhook_record_ttl_seconds,
                       self._settings.webhook_max_pending])
@@ -209,7 +209,7 @@ class Deliverer:
 
     def deliver_one(self) -> bool:
         """Claim the earliest due delivery and make one attempt; return False when nothing was due."""
-        claimed = _script(self._client(), _CLAIM)(keys=[self._due], args=[
+        claimed = registered(self._client(), _CLAIM)(keys=[self._due], args=[
             self._settings.webhook_lease_seconds, self._records, self._settings.webhook_max_attempts])
         if claimed is None:
             return False
@@ -238,7 +238,7 @@ class Deliverer:
                 self._count(FAILED)
                 log.warning("webhook for task %s: failed after %d attempts: %s", task_id, attempt, error)
         delay = webhooks.retry_delay(self._settings.webhook_backoff_seconds, attempt)
-        _script(self._client(), _FINISH)(keys=[self._due, self._records + task_id],
+        registered(self._client(), _FINISH)(keys=[self._due, self._records + task_id],
                                          args=[task_id, attempt, state, delay, error])
         return True
 
@@ -315,12 +315,6 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
     def connect(self) -> None:
         sock = socket.create_connection((self._address, self.port), self.timeout)
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
-
-
-@functools.lru_cache(maxsize=16)
-def _script(client: redis.Redis, source: str) -> Any:
-    """Register ``source`` on ``client`` once (redis-py sends EVALSHA, then EVAL if Redis lost it)."""
-    return client.register_script(source)
 
 
 def install(app: Celery, settings: Settings, count: Callable[[str], None] | None = None) -> Deliverer | None:
